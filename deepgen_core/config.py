@@ -1,0 +1,113 @@
+"""Configuration of the DeepGen-specific parts (think tokens, Stacked Channel Bridging).
+
+The VLM (Qwen2.5-VL), the DiT (SD3.5-M MMDiT-X), the VAE and the scheduler keep their own library configs
+(`transformers` / `diffusers`); this file only holds what DeepGen adds on top of them. Defaults are the
+released DeepGen 1.0 values (reference notes §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Reference notes §2.1: the chat template without a system turn, and the text-to-image prefix.
+INSTRUCTION_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
+GENERATION_TEMPLATE = "Generate an image: {input}"
+IMAGE_START_TOKEN = "<|vision_start|>"
+IMAGE_END_TOKEN = "<|vision_end|>"
+IMAGE_PAD_TOKEN = "<|image_pad|>"
+
+# Reference notes §4.1: the negative prompt every edit benchmark script uses.
+DEFAULT_EDIT_NEGATIVE_PROMPT = (
+    "blurry, low quality, low resolution, distorted, deformed, broken content, missing parts, damaged details, "
+    "artifacts, glitch, noise, pixelated, grainy, compression artifacts, bad composition, wrong proportion, "
+    "incomplete editing, unfinished, unedited areas."
+)
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """The SigLIP-style pre-LN encoder between `projector_1` and the two output heads (reference notes §1.4)."""
+
+    hidden_size: int = 2048
+    intermediate_size: int = 11946
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 32
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"connector.hidden_size ({self.hidden_size}) must be divisible by connector.num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+
+
+@dataclass(frozen=True)
+class DeepGenConfig:
+    """DeepGen's own hyper-parameters.
+
+    Args:
+        num_think_tokens: learnable think tokens appended after the assistant header (reference: 128).
+        vlm_hidden_size: width of the VLM text model (Qwen2.5-VL-3B: 2048).
+        vlm_num_hidden_layers: decoder layers of the VLM text model (Qwen2.5-VL-3B: 36).
+        scb_layer_stride: SCB takes `hidden_states[L-1], hidden_states[L-1-stride], ...` (reference: 6).
+        scb_num_layers: how many hidden states are stacked along channels (reference: 6).
+        connector: the bridge encoder.
+        pooled_projection_dim: width of the pooled vector fed to the DiT (= DiT `pooled_projection_dim`).
+        joint_attention_dim: width of the token sequence fed to the DiT (= DiT `joint_attention_dim`).
+        max_text_length: training-time left truncation of the prompt (reference notes §2.2); inference never truncates.
+    """
+
+    num_think_tokens: int = 128
+    vlm_hidden_size: int = 2048
+    vlm_num_hidden_layers: int = 36
+    scb_layer_stride: int = 6
+    scb_num_layers: int = 6
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    pooled_projection_dim: int = 2048
+    joint_attention_dim: int = 4096
+    max_text_length: int = 1024
+
+    def __post_init__(self) -> None:
+        if isinstance(self.connector, dict):
+            object.__setattr__(self, "connector", ConnectorConfig(**self.connector))
+        if self.num_think_tokens < 0:
+            raise ValueError(f"num_think_tokens must be >= 0, got {self.num_think_tokens}.")
+        available = len(range(self.vlm_num_hidden_layers - 1, 0, -self.scb_layer_stride))
+        if available < self.scb_num_layers:
+            raise ValueError(
+                f"SCB needs {self.scb_num_layers} hidden states with stride {self.scb_layer_stride}, but a VLM with "
+                f"{self.vlm_num_hidden_layers} layers gives only {available}; lower scb_num_layers or the stride."
+            )
+
+    @property
+    def scb_layer_indices(self) -> tuple[int, ...]:
+        """Indices into `output_hidden_states` (index 0 = embeddings, i = output of decoder layer i-1), deepest first.
+
+        The reference rule is `range(num_layers - 1, 0, -6)`: for 36 layers [35, 29, 23, 17, 11, 5]. The final,
+        normed state (index `num_layers`) is never used (reference notes §1.3).
+        """
+        rule = range(self.vlm_num_hidden_layers - 1, 0, -self.scb_layer_stride)
+        return tuple(rule)[: self.scb_num_layers]
+
+    @property
+    def scb_input_dim(self) -> int:
+        return self.vlm_hidden_size * self.scb_num_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeepGenConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown DeepGen config keys {unknown}; valid keys are {sorted(known)}.")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)

@@ -1,0 +1,11 @@
+"""Errors raised at the API boundary, with the input named and the fix spelled out."""
+
+from __future__ import annotations
+
+
+class DeepGenInputError(ValueError):
+    """A user-supplied argument (prompt, size, image, steps, ...) is invalid; the message says how to fix it."""
+
+
+class CheckpointError(ValueError):
+    """A model file or folder is missing, of the wrong kind, or does not fit the model it is loaded into."""

@@ -1,0 +1,297 @@
+"""Building DeepGen components from local files: the release layout and our converted safetensors layout.
+
+Release layout (reference notes §7.1): a DeepGen checkpoint (`model.pt` / `.safetensors`) + the base
+Qwen2.5-VL folder + the UniPic2-SD3.5M-Kontext folder (`transformer/`, `vae/`, `scheduler/`).
+Converted layout (`deepgen convert`): three self-describing safetensors files whose metadata carries every
+config and the tokenizer, so each file loads alone (ComfyUI puts them in `deepgen/`, `diffusion_models/`, `vae/`).
+Nothing here ever reaches a network: every `from_pretrained` is `local_files_only`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLModel
+
+from .checkpoint import (
+    DeepGenStateDict,
+    convert_reference_state_dict,
+    group_keys,
+    infer_config,
+    load_config_file,
+    merge_vlm_lora,
+    read_state_dict,
+    safetensors_metadata,
+)
+from .config import DeepGenConfig
+from .errors import CheckpointError
+from .models.transformer import DeepGenSD3Transformer
+from .models.vlm import DeepGenEncoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+ENCODER_FILE, TRANSFORMER_FILE, VAE_FILE = "deepgen-encoder.safetensors", "deepgen-transformer.safetensors", "deepgen-vae.safetensors"
+INDEX_FILE = "deepgen.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+@dataclass
+class DeepGenComponents:
+    tokenizer: PreTrainedTokenizerBase
+    encoder: DeepGenEncoder
+    transformer: DeepGenSD3Transformer
+    vae: AutoencoderKL
+    scheduler: FlowMatchEulerDiscreteScheduler
+
+
+def default_attn_implementation() -> str:
+    """flash-attn when it is installed and a GPU is present, else SDPA (both give pad rows zero output, §2.3)."""
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") and torch.cuda.is_available() else "sdpa"
+
+
+def _require_dir(path: str | Path | None, what: str, hint: str) -> Path:
+    if path is None:
+        raise CheckpointError(f"{what} folder is required: {hint}")
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{what} folder {str(path)!r} does not exist or is not a folder: {hint}")
+    if not any(path.iterdir()):
+        raise CheckpointError(f"{what} folder {path} is empty: {hint}")
+    return path
+
+
+def _load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, allow_missing: tuple[str, ...] = ()) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(allow_missing)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys [{group_keys(missing)}]")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys [{group_keys(unexpected)}]")
+        if wrong:
+            parts.append(f"shape mismatch in {len(wrong)} tensors (first: {wrong[0]})")
+        raise CheckpointError(f"{what} does not fit the model config: {'; '.join(parts)}.")
+    module.load_state_dict(state, strict=False, assign=any(p.is_meta for p in module.parameters()))
+
+
+def _materialize_check(module: torch.nn.Module, what: str) -> None:
+    meta = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if meta:
+        raise CheckpointError(f"{what} left {len(meta)} tensors unloaded [{group_keys(meta)}].")
+
+
+def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenEncoder:
+    # Build the bridge on the meta device (no random init of 0.4 B parameters), then take the file's tensors.
+    with torch.device("meta"):
+        encoder = DeepGenEncoder(vlm, config, vlm.config._attn_implementation)
+    _load_state_strict(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
+    encoder.to(dtype)
+    _materialize_check(encoder, "the DeepGen bridge weights")
+    return encoder
+
+
+# --------------------------------------------------------------------------------------------- release layout
+
+
+def load_release(
+    checkpoint: str | Path,
+    vlm: str | Path | None,
+    diffusion: str | Path | None,
+    config: DeepGenConfig | str | Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    attn_implementation: str | None = None,
+    lora_alpha: float = 128.0,
+) -> DeepGenComponents:
+    """Build DeepGen from a DeepGen checkpoint over the base Qwen2.5-VL and UniPic2-SD3.5M-Kontext folders."""
+    ckpt_path = Path(checkpoint)
+    vlm_dir = _require_dir(vlm, "the Qwen2.5-VL", "pass the local Qwen2.5-VL-3B-Instruct folder (config.json, *.safetensors, tokenizer files).")
+    diff_dir = _require_dir(diffusion, "the diffusion", "pass the local UniPic2-SD3.5M-Kontext folder with transformer/, vae/ and scheduler/.")
+    for sub in ("transformer", "vae", "scheduler"):
+        if not (diff_dir / sub).is_dir():
+            raise CheckpointError(f"the diffusion folder {diff_dir} has no {sub}/ subfolder; it must hold transformer/, vae/ and scheduler/.")
+    if isinstance(config, (str, Path)):
+        config = load_config_file(config)
+    elif config is None:
+        sibling = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / "deepgen_config.json"
+        config = load_config_file(sibling) if sibling.is_file() else None
+
+    parts: DeepGenStateDict = convert_reference_state_dict(read_state_dict(ckpt_path))
+    logger.info("checkpoint %s: %s", ckpt_path, parts.summary())
+    attn = attn_implementation or default_attn_implementation()
+    tokenizer = load_tokenizer(vlm_dir)
+    vlm_model = Qwen2_5_VLModel.from_pretrained(vlm_dir, dtype=dtype, attn_implementation=attn, local_files_only=True)
+    if parts.vlm:
+        _load_state_strict_partial(vlm_model, parts.vlm, "the checkpoint's VLM weights")
+    merge_vlm_lora(vlm_model, parts.vlm_lora, alpha=lora_alpha)
+    if not parts.vlm_lora:
+        logger.info("checkpoint has no VLM LoRA: the base VLM is used, exactly as the reference does for such files (§7.3)")
+    cfg = infer_config(parts.encoder, vlm_model.config.text_config.num_hidden_layers, config)
+    encoder = build_encoder(vlm_model, cfg, parts.encoder, dtype)
+    transformer = _load_release_transformer(diff_dir / "transformer", parts.transformer, dtype)
+    vae = AutoencoderKL.from_pretrained(diff_dir / "vae", torch_dtype=dtype, local_files_only=True)
+    if parts.vae:
+        _load_state_strict(vae, parts.vae, "the checkpoint's VAE weights")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(diff_dir / "scheduler", local_files_only=True)
+    return DeepGenComponents(tokenizer, encoder.eval(), transformer.eval(), vae.eval(), scheduler)
+
+
+def _load_state_strict_partial(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    own = module.state_dict()
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if unexpected or wrong:
+        raise CheckpointError(f"{what} do not fit: unexpected [{group_keys(unexpected)}], wrong shapes [{group_keys(wrong)}].")
+    module.load_state_dict(state, strict=False)
+
+
+def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenSD3Transformer:
+    config = DeepGenSD3Transformer.load_config(folder, local_files_only=True)
+    if weights and len(weights) >= 10:
+        # SFT / RL checkpoints carry the whole DiT: skip reading the base weights (they would be overwritten).
+        with torch.device("meta"):
+            transformer = DeepGenSD3Transformer.from_config(config)
+        _load_state_strict(transformer, weights, "the checkpoint's DiT weights")
+        _materialize_check(transformer, "the checkpoint's DiT weights")
+        return transformer.to(dtype)
+    # Pretrain checkpoints hold only the pos-embed buffer (DiT frozen): overlay it on the base DiT.
+    transformer = DeepGenSD3Transformer.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    if weights:
+        _load_state_strict_partial(transformer, weights, "the checkpoint's DiT tensors")
+    return transformer
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"no usable tokenizer in {folder} ({exc}); the Qwen2.5-VL folder must hold tokenizer.json.") from exc
+    tokenizer.padding_side = "left"  # every reference call pads on the left (notes §2.1)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------- converted layout
+
+
+def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: torch.dtype | None = torch.bfloat16) -> dict[str, Path]:
+    """Write the three self-describing safetensors files (+ a small index) atomically into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    enc = components.encoder
+    with tempfile.TemporaryDirectory() as tmp:
+        components.tokenizer.save_pretrained(tmp)
+        tokenizer_files = {n: (Path(tmp) / n).read_text() for n in TOKENIZER_FILES if (Path(tmp) / n).is_file()}
+    common = {"deepgen_format": FORMAT_VERSION}
+    files = {
+        ENCODER_FILE: (
+            enc.state_dict(),
+            {**common, "component": "encoder", "deepgen_config": json.dumps(enc.config.to_dict()),
+             "vlm_config": enc.vlm.config.to_json_string(use_diff=False), "tokenizer": json.dumps(tokenizer_files)},
+        ),
+        TRANSFORMER_FILE: (
+            components.transformer.state_dict(),
+            {**common, "component": "transformer", "transformer_config": json.dumps(dict(components.transformer.config)),
+             "scheduler_config": json.dumps(dict(components.scheduler.config))},
+        ),
+        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": json.dumps(dict(components.vae.config))}),
+    }
+    written = {}
+    for name, (state, meta) in files.items():
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        written[name] = atomic_save_safetensors(state, out / name, meta)
+    (out / INDEX_FILE).write_text(json.dumps({"deepgen_format": FORMAT_VERSION, "encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}, indent=1))
+    return written
+
+
+def atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a half file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Tied/shared tensors must be stored once per key for safetensors.
+    save_file({k: v.detach().cpu().clone() if _shares_storage(v, state) else v.detach().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _shares_storage(t: torch.Tensor, state: dict[str, torch.Tensor]) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return sum(1 for v in state.values() if v.untyped_storage().data_ptr() == ptr) > 1
+
+
+def _component_file(path: Path, component: str) -> Path:
+    if path.is_file():
+        return path
+    index = path / INDEX_FILE
+    name = json.loads(index.read_text())[component] if index.is_file() else {"encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}[component]
+    return path / name
+
+
+def _read_converted(path: Path, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"converted {component} file {path} does not exist; run `deepgen convert` or check the path.")
+    meta = safetensors_metadata(path)
+    if meta.get("component") != component:
+        found = meta.get("component", "no DeepGen metadata")
+        raise CheckpointError(f"{path} is not a DeepGen {component} file (it says: {found}). Pick the {component} file.")
+    return read_state_dict(path), meta
+
+
+def load_converted_encoder(path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None) -> tuple[PreTrainedTokenizerBase, DeepGenEncoder]:
+    state, meta = _read_converted(_component_file(Path(path), "encoder"), "encoder")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in json.loads(meta["tokenizer"]).items():
+            (Path(tmp) / name).write_text(text)
+        tokenizer = load_tokenizer(tmp)
+    vlm_config = Qwen2_5_VLConfig.from_dict(json.loads(meta["vlm_config"]))
+    vlm_state = {k[len("vlm.") :]: v for k, v in state.items() if k.startswith("vlm.")}
+    vlm = Qwen2_5_VLModel.from_pretrained(
+        None, config=vlm_config, state_dict=vlm_state, dtype=dtype, attn_implementation=attn_implementation or default_attn_implementation()
+    )
+    config = DeepGenConfig.from_dict(json.loads(meta["deepgen_config"]))
+    encoder = build_encoder(vlm, config, {k: v for k, v in state.items() if not k.startswith("vlm.")}, dtype)
+    return tokenizer, encoder.eval()
+
+
+def load_converted_transformer(path: str | Path, dtype: torch.dtype) -> tuple[DeepGenSD3Transformer, FlowMatchEulerDiscreteScheduler]:
+    state, meta = _read_converted(_component_file(Path(path), "transformer"), "transformer")
+    with torch.device("meta"):
+        transformer = DeepGenSD3Transformer.from_config(json.loads(meta["transformer_config"]))
+    _load_state_strict(transformer, state, f"DiT file {path}")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads(meta["scheduler_config"]))
+    return transformer.to(dtype).eval(), scheduler
+
+
+def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
+    state, meta = _read_converted(_component_file(Path(path), "vae"), "vae")
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(json.loads(meta["vae_config"]))
+    _load_state_strict(vae, state, f"VAE file {path}")
+    _materialize_check(vae, f"VAE file {path}")
+    return vae.to(dtype).eval()
+
+
+def is_converted(path: str | Path) -> bool:
+    path = Path(path)
+    if path.is_dir():
+        return (path / INDEX_FILE).is_file() or (path / ENCODER_FILE).is_file()
+    return path.suffix == ".safetensors" and path.is_file() and "deepgen_format" in safetensors_metadata(path)
+
+
+def load_converted(path: str | Path, dtype: torch.dtype = torch.bfloat16, attn_implementation: str | None = None) -> DeepGenComponents:
+    tokenizer, encoder = load_converted_encoder(path, dtype, attn_implementation)
+    transformer, scheduler = load_converted_transformer(path, dtype)
+    return DeepGenComponents(tokenizer, encoder, transformer, load_converted_vae(path, dtype), scheduler)

@@ -1,0 +1,185 @@
+"""DeepGen's DiT: diffusers' SD3.5 MMDiT-X with reference latents appended to the image stream.
+
+Reference notes §1.5. Per sample the image stream is `[target tokens ; reference 1 tokens ; ...]`, each piece
+patch-embedded with the same centre-cropped sin-cos table for its own grid (no offset, no RoPE). Only the
+target tokens are unpatchified. Parameter names are diffusers' own, so stock SD3 weights load unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import SD3Transformer2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+ReferenceLatents = Sequence[Sequence[torch.Tensor]]
+
+
+class DeepGenJointAttnProcessor:
+    """SD3 joint attention (image stream + context) that also honours a key-validity mask for padded samples.
+
+    `attention_mask` is a (B, N_image) bool vector (True = real token) or None. Context tokens are always
+    valid. The reference passes a dense (B, 1, N, N) mask where pad rows attend only to themselves; here pad
+    *keys* are masked for every query instead, which leaves every real token's output identical (pad rows are
+    dropped at the end and never feed a real token) and costs O(N) memory instead of O(N^2). With no mask the
+    call is an unmasked SDPA, so fused flash/cuDNN kernels apply (the reference always passed a mask, §9.23).
+    The backend is diffusers' attention dispatcher (`model.set_attention_backend(...)`).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch, n_image = hidden_states.shape[:2]
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (attn.heads, -1))  # (B, S, H, D): the dispatcher's layout
+
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        if encoder_hidden_states is not None:
+            c_query = heads(attn.add_q_proj(encoder_hidden_states))
+            c_key = heads(attn.add_k_proj(encoder_hidden_states))
+            c_value = heads(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                c_query, c_key = attn.norm_added_q(c_query), attn.norm_added_k(c_key)
+            query, key, value = (torch.cat(p, dim=1) for p in ((query, c_query), (key, c_key), (value, c_value)))
+
+        mask = None
+        if attention_mask is not None:
+            valid = attention_mask
+            if encoder_hidden_states is not None:
+                valid = torch.cat([valid, valid.new_ones(batch, encoder_hidden_states.shape[1])], dim=1)
+            mask = valid[:, None, None, :]  # (B, 1, 1, N_keys), broadcast over heads and queries
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=mask, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
+        out = out.flatten(2).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            out, context_out = out[:, :n_image], out[:, n_image:]
+            if not attn.context_pre_only:
+                context_out = attn.to_add_out(context_out)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return (out, context_out) if encoder_hidden_states is not None else out
+
+
+class DeepGenSD3Transformer(SD3Transformer2DModel):
+    """`SD3Transformer2DModel` that accepts per-sample sizes and reference latents (the "dynamic" Kontext DiT)."""
+
+    # diffusers reads the config from the __init__ signature, so the parent's arguments are restated here.
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 128,
+        patch_size: int = 2,
+        in_channels: int = 16,
+        num_layers: int = 24,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 24,
+        joint_attention_dim: int = 4096,
+        caption_projection_dim: int = 1536,
+        pooled_projection_dim: int = 2048,
+        out_channels: int = 16,
+        pos_embed_max_size: int = 384,
+        dual_attention_layers: tuple[int, ...] = tuple(range(13)),
+        qk_norm: str | None = "rms_norm",
+    ) -> None:
+        super().__init__(
+            sample_size=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            num_layers=num_layers,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            joint_attention_dim=joint_attention_dim,
+            caption_projection_dim=caption_projection_dim,
+            pooled_projection_dim=pooled_projection_dim,
+            out_channels=out_channels,
+            pos_embed_max_size=pos_embed_max_size,
+            dual_attention_layers=dual_attention_layers,
+            qk_norm=qk_norm,
+        )
+        self.set_attn_processor(DeepGenJointAttnProcessor())
+
+    def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        # PatchEmbed crops the sin-cos table around the centre for this grid size.
+        return self.pos_embed(latents)
+
+    def _embed_image_stream(
+        self, hidden_states: torch.Tensor | Sequence[torch.Tensor], reference_latents: ReferenceLatents | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, int]]]:
+        """Tokens `[target ; refs...]` per sample, right-padded; returns tokens, validity mask (or None), grids."""
+        p = self.config.patch_size
+        samples = list(hidden_states) if not torch.is_tensor(hidden_states) else list(hidden_states.unbind(0))
+        refs = [list(r) for r in reference_latents] if reference_latents is not None else [[] for _ in samples]
+        if len(refs) != len(samples):
+            raise ValueError(f"reference_latents has {len(refs)} entries for a batch of {len(samples)} latents.")
+        grids = [(x.shape[-2] // p, x.shape[-1] // p) for x in samples]
+        signature = [tuple(t.shape for t in [x, *r]) for x, r in zip(samples, refs)]
+        if all(s == signature[0] for s in signature):
+            # Uniform batch (the usual case, CFG included): one patch-embed per piece, no padding, no mask.
+            pieces = [torch.stack(samples)] + [torch.stack([r[k] for r in refs]) for k in range(len(refs[0]))]
+            return torch.cat([self._patchify(x) for x in pieces], dim=1), None, grids
+        streams = [torch.cat([self._patchify(t[None]) for t in [x, *r]], dim=1)[0] for x, r in zip(samples, refs)]
+        lengths = torch.tensor([s.shape[0] for s in streams], device=streams[0].device)
+        tokens = torch.nn.utils.rnn.pad_sequence(streams, batch_first=True)
+        valid = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+        return tokens, valid, grids
+
+    def _unpatchify(self, tokens: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        p, c = self.config.patch_size, self.out_channels
+        out = []
+        for row, (h, w) in zip(tokens, grids):
+            x = row[: h * w].reshape(h, w, p, p, c)
+            out.append(torch.einsum("hwpqc->chpwq", x).reshape(c, h * p, w * p))
+        return out
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor | Sequence[torch.Tensor],
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        reference_latents: ReferenceLatents | None = None,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple:
+        """
+        Args:
+            hidden_states: (B, C, H, W) noisy latents, or a list of (C, H_i, W_i) for per-sample sizes.
+            encoder_hidden_states: (B, L, joint_attention_dim) SCB context.
+            pooled_projections: (B, pooled_projection_dim) SCB pooled vector.
+            timestep: (B,) on the 0-1000 scale.
+            reference_latents: per sample, a list of clean (C, h, w) VAE latents appended to the image stream.
+
+        Returns:
+            The velocity for the target only: (B, C, H, W) when all samples share a size, else a list.
+        """
+        tokens, valid, grids = self._embed_image_stream(hidden_states, reference_latents)
+        temb = self.time_text_embed(timestep, pooled_projections)
+        context = self.context_embedder(encoder_hidden_states)
+        kwargs = {"attention_mask": valid} if valid is not None else None
+        for block in self.transformer_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, kwargs)
+            else:
+                context, tokens = block(hidden_states=tokens, encoder_hidden_states=context, temb=temb, joint_attention_kwargs=kwargs)
+        tokens = self.proj_out(self.norm_out(tokens, temb))
+        outputs = self._unpatchify(tokens, grids)
+        sample: torch.Tensor | list[torch.Tensor] = outputs
+        if all(o.shape == outputs[0].shape for o in outputs):
+            sample = torch.stack(outputs)
+        if not return_dict:
+            return (sample,)
+        return Transformer2DModelOutput(sample=sample)

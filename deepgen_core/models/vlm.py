@@ -1,0 +1,147 @@
+"""The conditioning encoder: Qwen2.5-VL + think tokens + Stacked Channel Bridging.
+
+Reads like the paper's figure: embed the prompt (reference images' ViT tokens in place of `<|image_pad|>`),
+append the learnable think tokens, run the VLM text model once, stack six hidden states, bridge to the DiT.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Qwen2_5_VLModel
+
+from ..config import DeepGenConfig
+from .scb import StackedChannelBridge
+
+
+class DeepGenEncoder(nn.Module):
+    """VLM with think tokens and the SCB bridge; outputs the DiT's `encoder_hidden_states` and pooled vector.
+
+    Args:
+        vlm: a transformers `Qwen2_5_VLModel` (no LM head: DeepGen never decodes text).
+        config: DeepGen config; `vlm_hidden_size` / `vlm_num_hidden_layers` must match the VLM.
+        bridge_attn_implementation: attention backend of the connector.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    def __init__(self, vlm: Qwen2_5_VLModel, config: DeepGenConfig, bridge_attn_implementation: str = "sdpa"):
+        super().__init__()
+        text_config = vlm.config.text_config
+        if (text_config.hidden_size, text_config.num_hidden_layers) != (
+            config.vlm_hidden_size,
+            config.vlm_num_hidden_layers,
+        ):
+            raise ValueError(
+                f"The VLM has hidden size {text_config.hidden_size} and {text_config.num_hidden_layers} layers, but the "
+                f"DeepGen config expects {config.vlm_hidden_size} and {config.vlm_num_hidden_layers}: the checkpoint "
+                "was trained on a different base VLM. Point the loader at the matching Qwen2.5-VL folder."
+            )
+        self.config = config
+        self.vlm = vlm
+        # Reference notes §1.2: N(0, 1/sqrt(hidden)) init; fed as input embeddings after the assistant header.
+        self.think_tokens = nn.Parameter(torch.randn(config.num_think_tokens, config.vlm_hidden_size) * config.vlm_hidden_size**-0.5)
+        self.bridge = StackedChannelBridge(config, bridge_attn_implementation)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.vlm.config.image_token_id
+
+    @property
+    def spatial_merge_size(self) -> int:
+        return self.vlm.config.vision_config.spatial_merge_size
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """Run the vision tower on flattened patches of one or more images.
+
+        Args:
+            pixel_values: (N_patches, C * temporal_patch * patch * patch) from `image_processing.vit_patches`.
+            image_grid_thw: (num_images, 3) grids in 14-px patches.
+
+        Returns:
+            (N_patches / merge**2, vlm_hidden_size) merged vision tokens, images concatenated in order. The vision
+            tower is frozen in every stage (reference notes §1.8), hence `no_grad`.
+        """
+        vision_dtype = self.vlm.visual.patch_embed.proj.weight.dtype
+        out = self.vlm.visual(pixel_values.to(vision_dtype), grid_thw=image_grid_thw)
+        return out.pooler_output
+
+    def embed_inputs(
+        self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token embeddings with `<|image_pad|>` positions replaced, in flattened order, by `image_embeds`."""
+        inputs_embeds = self.vlm.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.image_token_id
+        n_slots = int(is_image.sum())
+        n_embeds = 0 if image_embeds is None else image_embeds.shape[0]
+        if n_slots != n_embeds:
+            raise ValueError(f"The prompts hold {n_slots} image placeholder tokens but {n_embeds} image embeddings were given.")
+        if n_slots:
+            inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds.to(inputs_embeds.dtype))
+        return inputs_embeds
+
+    def position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None
+    ) -> torch.Tensor:
+        """3-D M-RoPE positions (3, B, L) from Qwen2.5-VL's own `get_rope_index`; pads get 1 as in the reference."""
+        mm_token_type_ids = (input_ids == self.image_token_id).int()
+        position_ids, _ = self.vlm.get_rope_index(
+            input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+        # transformers >= 5 writes 0 at pad positions, 4.5x wrote 1; pads attend to nothing, so it has no numeric
+        # effect, but keeping the reference value makes the tensor comparable.
+        return position_ids.masked_fill(~attention_mask.bool()[None], 1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        max_text_length: int | None = None,
+        return_stacked: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Encode left-padded prompts into DiT conditioning.
+
+        Args:
+            input_ids: (B, T) templated prompts, LEFT padded (reference notes §2.1).
+            attention_mask: (B, T) 1 for tokens, 0 for left padding.
+            image_embeds: (sum of image tokens, H) vision tokens for every `<|image_pad|>` of the batch, row-major.
+            image_grid_thw: (num image blocks in the batch, 3), in the same row-major order.
+            max_text_length: training only: keep the last `max_text_length` prompt positions (notes §2.2).
+            return_stacked: also return the stacked SCB input (for inspection and parity tests).
+
+        Returns:
+            `encoder_hidden_states` (B, T' + num_think_tokens, joint_attention_dim), `pooled_projections`
+            (B, pooled_projection_dim), and the (B, L, H * 6) stacked hidden states if `return_stacked`.
+        """
+        batch = input_ids.shape[0]
+        n_think = self.config.num_think_tokens
+        inputs_embeds = self.embed_inputs(input_ids, image_embeds)
+        think = self.think_tokens.to(inputs_embeds.dtype)[None].expand(batch, -1, -1)
+        inputs_embeds = torch.cat([inputs_embeds, think], dim=1)
+        # Think-token slots get the dummy id 0 (an ordinary text token for the rope index) and mask 1.
+        full_ids = torch.cat([input_ids, input_ids.new_zeros(batch, n_think)], dim=1)
+        full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, n_think)], dim=1).bool()
+        position_ids = self.position_ids(full_ids, full_mask, image_grid_thw)
+
+        if max_text_length is not None and full_ids.shape[1] > max_text_length + n_think:
+            keep = max_text_length + n_think
+            inputs_embeds, full_mask, position_ids = inputs_embeds[:, -keep:], full_mask[:, -keep:], position_ids[..., -keep:]
+
+        # Without padding, pass no mask so that SDPA can take its causal fast path. With padding, transformers'
+        # SDPA/FA2 give pad query rows (which see no key) a zero attention output, the reference semantics (§2.3).
+        mask = None if bool(full_mask.all()) else full_mask
+        out = self.vlm.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+        )
+        stacked = self.bridge.stack(out.hidden_states)
+        encoder_hidden_states, pooled = self.bridge(stacked)
+        if return_stacked:
+            return encoder_hidden_states, pooled, stacked
+        return encoder_hidden_states, pooled

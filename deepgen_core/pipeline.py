@@ -1,0 +1,389 @@
+"""`DeepGenPipeline`: text-to-image and editing with 1..N reference images (reference notes §4).
+
+The call is a short sequence of named steps: check inputs, prepare references, encode prompts (one VLM pass
+for prompts and negatives together), prepare latents, denoise (cond + uncond in one DiT batch), decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
+from .errors import DeepGenInputError
+from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
+from .loading import DeepGenComponents, is_converted, load_converted, load_release, save_converted
+from .prompts import edit_prompt, text_to_image_prompt
+from .sampling import euler_step, inference_schedule, predicted_x0
+
+logger = logging.getLogger(__name__)
+
+Generator = torch.Generator | list[torch.Generator] | None
+ImageInput = Image.Image | Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None
+StepCallback = Callable[["DeepGenPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]
+CALLBACK_TENSORS = ("latents", "velocity", "denoised")
+
+
+@dataclass
+class DeepGenPipelineOutput:
+    """`images`: list of PIL images, or a (B, 3, H, W) tensor in [0, 1] / a (B, H, W, 3) uint8 array; `latents`:
+    the final (B, 16, H/8, W/8) latents in the VAE's scaled space."""
+
+    images: list[Image.Image] | torch.Tensor | np.ndarray | None
+    latents: torch.Tensor
+
+
+@dataclass
+class PromptEmbeddings:
+    """DiT conditioning for B prompts and their B negatives (rows aligned)."""
+
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    negative_pooled_prompt_embeds: torch.Tensor
+
+
+class DeepGenPipeline:
+    """DeepGen 1.0 inference.
+
+    Args:
+        tokenizer: the Qwen2.5-VL tokenizer (left padding).
+        encoder: `DeepGenEncoder` (VLM + think tokens + SCB).
+        transformer: `DeepGenSD3Transformer`.
+        vae: SD3 `AutoencoderKL` (16 channels, scaling/shift factors from its config).
+        scheduler: `FlowMatchEulerDiscreteScheduler` (only its config is used; each call takes a fresh copy).
+    """
+
+    def __init__(self, tokenizer: Any, encoder: torch.nn.Module, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> None:
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler = scheduler
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        vlm: str | Path | None = None,
+        diffusion: str | Path | None = None,
+        config: DeepGenConfig | str | Path | None = None,
+        torch_dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = None,
+        lora_alpha: float = 128.0,
+    ) -> DeepGenPipeline:
+        """Load from local files only.
+
+        Args:
+            model: a folder or file written by `deepgen convert`, or a DeepGen checkpoint (`model.pt`,
+                `*.safetensors`, or a folder holding one) that needs `vlm` and `diffusion`.
+            vlm: the Qwen2.5-VL-3B-Instruct folder (release layout only).
+            diffusion: the UniPic2-SD3.5M-Kontext folder with transformer/, vae/, scheduler/ (release layout only).
+            config: DeepGen config or its JSON path; by default a `deepgen_config.json` beside the checkpoint,
+                else inferred from the weights (attention heads: width / 64).
+            torch_dtype: weights and activations dtype (the reference runs bf16).
+            attn_implementation: VLM/connector attention (`sdpa`, `flash_attention_2`); default: flash-attn when
+                installed on a GPU, else SDPA.
+            lora_alpha: LoRA alpha for checkpoints that carry the VLM LoRA (reference: 128 with r = 64).
+        """
+        path = Path(model)
+        if not path.exists():
+            raise DeepGenInputError(f"model path {str(path)!r} does not exist; pass a converted DeepGen folder or a checkpoint.")
+        if is_converted(path):
+            components = load_converted(path, torch_dtype, attn_implementation)
+        else:
+            components = load_release(path, vlm, diffusion, config, torch_dtype, attn_implementation, lora_alpha)
+        pipe = cls.from_components(components)
+        return pipe.to(device) if device is not None else pipe
+
+    @classmethod
+    def from_components(cls, components: DeepGenComponents) -> DeepGenPipeline:
+        return cls(components.tokenizer, components.encoder, components.transformer, components.vae, components.scheduler)
+
+    def components(self) -> DeepGenComponents:
+        return DeepGenComponents(self.tokenizer, self.encoder, self.transformer, self.vae, self.scheduler)
+
+    def save_converted(self, out_dir: str | Path, dtype: torch.dtype | None = torch.bfloat16) -> dict[str, Path]:
+        """Write the converted safetensors layout (see `loading.save_converted`)."""
+        return save_converted(self.components(), out_dir, dtype)
+
+    def to(self, device: str | torch.device) -> DeepGenPipeline:
+        for module in (self.encoder, self.transformer, self.vae):
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def max_image_size(self) -> int:
+        """Largest side the DiT's position table covers: pos_embed_max_size patches x patch x VAE factor."""
+        return self.transformer.config.pos_embed_max_size * self.transformer.config.patch_size * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def check_inputs(self, prompts: list[str], height: int, width: int, num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, output_type: str) -> None:
+        unit = self.transformer.config.patch_size * self.vae_scale_factor
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % unit:
+                nearest = max(unit, int(round(value / unit)) * unit) if isinstance(value, (int, float)) and value > 0 else unit
+                raise DeepGenInputError(f"{name} must be a positive multiple of {unit}, got {value!r}; the nearest valid value is {nearest}.")
+            if value > self.max_image_size:
+                raise DeepGenInputError(f"{name}={value} exceeds the DiT position table ({self.max_image_size} px); use at most {self.max_image_size}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise DeepGenInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r} (the reference uses 50).")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise DeepGenInputError(f"guidance_scale must be a number >= 0, got {guidance_scale!r} (values <= 1 disable CFG; the reference uses 4.0).")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise DeepGenInputError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DeepGenInputError("prompt must be a string or a non-empty list of strings (an empty string is a valid prompt).")
+        if output_type not in ("pil", "pt", "np", "latent"):
+            raise DeepGenInputError(f"output_type must be 'pil', 'pt', 'np' or 'latent', got {output_type!r}.")
+
+    def prepare_reference_pixels(self, image: ImageInput, batch_size: int, policy: ResizePolicy, size: int) -> list[list[torch.Tensor]] | None:
+        """Normalise the `image` argument to per-prompt lists of (3, H, W) tensors in [-1, 1], multiples of 32."""
+        if image is None:
+            return None
+        if isinstance(image, Image.Image):
+            per_prompt = [[image]] * batch_size
+        elif len(image) and all(isinstance(i, Image.Image) for i in image):
+            per_prompt = [list(image)] * batch_size
+        elif all(isinstance(i, (list, tuple)) for i in image):
+            if len(image) != batch_size:
+                raise DeepGenInputError(f"image has reference lists for {len(image)} prompts but {batch_size} prompts were given.")
+            per_prompt = [list(i) for i in image]
+        else:
+            raise DeepGenInputError("image must be a PIL image, a list of PIL images (references shared by all prompts) or one list per prompt.")
+        if any(len(refs) == 0 for refs in per_prompt):
+            raise DeepGenInputError("image contains an empty reference list; give at least one image per prompt or pass image=None.")
+        pixels = [[prepare_reference(img, policy, size, name=f"reference image {j} of prompt {i}") for j, img in enumerate(refs)] for i, refs in enumerate(per_prompt)]
+        for refs in pixels:
+            for ref in refs:
+                if max(ref.shape[-2:]) > self.max_image_size:
+                    raise DeepGenInputError(f"a reference resized to {ref.shape[-1]}x{ref.shape[-2]} exceeds the DiT position table ({self.max_image_size} px); use a smaller resize size.")
+        return pixels
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str], reference_pixels: list[list[torch.Tensor]] | None = None) -> PromptEmbeddings:
+        """One VLM pass over `prompts + negative_prompts` (the reference batches them: pads depend on both, §2.3).
+
+        With references, every row gets the image blocks of its sample (negatives too) and the vision tower runs
+        once over all distinct references.
+        """
+        n = len(prompts)
+        image_embeds = grid = None
+        if reference_pixels is None:
+            texts = [text_to_image_prompt(p) for p in prompts + negative_prompts]
+        else:
+            dtype = self.encoder.think_tokens.dtype
+            patches, grids = zip(*[vit_patches(ref.to(self.device, dtype)) for refs in reference_pixels for ref in refs])
+            merge = self.encoder.spatial_merge_size**2
+            counts = [int(g.prod()) // merge for g in grids]
+            embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
+            offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
+            per_sample = [counts[offsets[i] : offsets[i + 1]] for i in range(n)]
+            texts = [edit_prompt(p, c) for p, c in zip(prompts, per_sample)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, per_sample)]
+            image_embeds, grid = torch.cat([embeds, embeds]), torch.cat([torch.cat(grids)] * 2)
+        input_ids, attention_mask = self._tokenize(texts)
+        context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid)
+        return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
+
+    def encode_reference_latents(self, reference_pixels: list[list[torch.Tensor]], generator: Generator = None, mode: Literal["sample", "mode"] = "sample") -> list[list[torch.Tensor]]:
+        """VAE latents of each reference, shifted and scaled: (mean + std * eps - shift) * scale (§3.4).
+
+        `sample` draws eps on the CPU from `generator` (reproducible across devices; the reference used the
+        global RNG, §9.3); `mode` uses the posterior mean.
+        """
+        cfg = self.vae.config
+        out = []
+        for refs in reference_pixels:
+            sample_latents = []
+            for ref in refs:
+                dist = self.vae.encode(ref[None].to(self.device, self.vae.dtype)).latent_dist
+                z = dist.mean
+                if mode == "sample":
+                    gen = generator[0] if isinstance(generator, list) else generator
+                    eps = randn_tensor(z.shape, generator=gen, device=torch.device("cpu"), dtype=torch.float32)
+                    z = z + dist.std * eps.to(z.device, z.dtype)
+                sample_latents.append(((z - cfg.shift_factor) * cfg.scaling_factor)[0])
+            out.append(sample_latents)
+        return out
+
+    def prepare_latents(self, batch: int, height: int, width: int, generator: Generator) -> torch.Tensor:
+        """Initial noise drawn on the CPU in fp32 (same seed, same image on any device), then moved and cast."""
+        channels = self.transformer.config.in_channels
+        shape = (batch, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        return noise.to(self.device, self.dtype)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        embeddings: PromptEmbeddings,
+        reference_latents: list[list[torch.Tensor]] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        shift: float | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> torch.Tensor:
+        """Euler sampling; with `guidance_scale > 1` the DiT runs once per step on the [uncond ; cond] batch."""
+        timesteps, sigmas = inference_schedule(self.scheduler, num_inference_steps, shift)
+        timesteps = timesteps.to(self.device)
+        do_cfg = guidance_scale > 1
+        e = embeddings
+        if do_cfg:
+            context = torch.cat([e.negative_prompt_embeds, e.prompt_embeds])
+            pooled = torch.cat([e.negative_pooled_prompt_embeds, e.pooled_prompt_embeds])
+            refs = None if reference_latents is None else list(reference_latents) * 2
+        else:
+            context, pooled, refs = e.prompt_embeds, e.pooled_prompt_embeds, reference_latents
+        batch = context.shape[0]
+        for i in range(num_inference_steps):
+            model_input = torch.cat([latents, latents]) if do_cfg else latents
+            velocity = self.transformer(model_input, context, pooled, timesteps[i].expand(batch), reference_latents=refs).sample
+            if do_cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + guidance_scale * (cond - uncond)
+            if callback_on_step_end is not None:
+                available = {"latents": latents, "velocity": velocity}
+                if "denoised" in callback_on_step_end_tensor_inputs:
+                    available["denoised"] = predicted_x0(latents, velocity, sigmas[i])
+            latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
+            if callback_on_step_end is not None:
+                available["latents"] = latents
+                kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                result = callback_on_step_end(self, i, timesteps[i], kwargs)
+                if result and "latents" in result:
+                    latents = result["latents"]
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 16, h, w) scaled latents -> (B, 3, 8h, 8w) pixels in about [-1, 1]."""
+        cfg = self.vae.config
+        return self.vae.decode(latents.to(self.vae.dtype) / cfg.scaling_factor + cfg.shift_factor).sample
+
+    # ------------------------------------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: ImageInput = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        shift: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        reference_resize: ResizePolicy = "dynamic",
+        reference_size: int = 512,
+        reference_latent_mode: Literal["sample", "mode"] = "sample",
+        reference_latents: list[list[torch.Tensor]] | None = None,
+        output_type: Literal["pil", "pt", "np", "latent"] = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> DeepGenPipelineOutput:
+        """Generate (no `image`) or edit (1..N reference images per prompt).
+
+        Args:
+            prompt: one prompt or a list; an empty string is valid.
+            image: references: one PIL image, a list shared by all prompts, or one list per prompt. Resized by
+                `reference_resize` ('dynamic': longer side to `reference_size` if larger, sides rounded up to 32).
+            negative_prompt: default `''` for text-to-image and the reference's long quality negative for edits.
+            height, width: output size, multiples of 16. Default: the (resized) reference size for a single
+                reference, else 512.
+            num_inference_steps, guidance_scale, shift: Euler steps, CFG scale (> 1 enables CFG), scheduler shift
+                override (default: the scheduler config's, 3.0).
+            generator: CPU or any torch generator(s); noise is drawn on the CPU, so a seed gives the same image on
+                any device. Reference posterior noise is drawn after the initial noise.
+            latents: optional initial noise (B * num_images_per_prompt, 16, H/8, W/8).
+            reference_latents: optional precomputed per-prompt DiT reference latents (skips the VAE encode).
+            callback_on_step_end: `fn(pipe, step, timestep, tensors) -> dict | None`, called after each step with
+                the tensors named in `callback_on_step_end_tensor_inputs` (from 'latents', 'velocity',
+                'denoised'); may return {'latents': ...} to replace them, and may raise to cancel.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        bad = [p for p in callback_on_step_end_tensor_inputs if p not in CALLBACK_TENSORS]
+        if bad:
+            raise DeepGenInputError(f"callback_on_step_end_tensor_inputs {bad} are not available; choose from {list(CALLBACK_TENSORS)}.")
+        ref_pixels = self.prepare_reference_pixels(image, len(prompts), reference_resize, reference_size)
+        if height is None and width is None and ref_pixels is not None and all(len(r) == 1 for r in ref_pixels) and len({r[0].shape for r in ref_pixels}) == 1:
+            height, width = ref_pixels[0][0].shape[-2:]
+        height, width = height or 512, width or 512
+        self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type)
+        default_negative = DEFAULT_EDIT_NEGATIVE_PROMPT if ref_pixels is not None else ""
+        negatives = self._negatives(negative_prompt, default_negative, len(prompts))
+        try:
+            return self._run(prompts, negatives, ref_pixels, reference_latents, height, width, num_inference_steps, guidance_scale, shift, num_images_per_prompt, generator, latents, reference_latent_mode, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        except torch.OutOfMemoryError as exc:
+            n_refs = sum(len(r) for r in ref_pixels) if ref_pixels else 0
+            raise DeepGenInputError(
+                f"out of memory generating {len(prompts) * num_images_per_prompt} image(s) of {width}x{height} with {n_refs} reference image(s): "
+                "use fewer or smaller references (reference_size), a smaller output size or batch, or offload the VLM."
+            ) from exc
+
+    @staticmethod
+    def _negatives(negative_prompt: str | list[str] | None, default: str, n: int) -> list[str]:
+        if negative_prompt is None:
+            return [default] * n
+        if isinstance(negative_prompt, str):
+            return [negative_prompt] * n
+        if len(negative_prompt) != n or not all(isinstance(p, str) for p in negative_prompt):
+            raise DeepGenInputError(f"negative_prompt must be a string or a list of {n} strings, got {negative_prompt!r}.")
+        return list(negative_prompt)
+
+    def _run(self, prompts, negatives, ref_pixels, reference_latents, height, width, steps, guidance_scale, shift, per_prompt, generator, latents, latent_mode, output_type, callback, callback_inputs) -> DeepGenPipelineOutput:
+        total = len(prompts) * per_prompt
+        embeddings = self.encode_prompt(prompts, negatives, ref_pixels)
+        if latents is None:
+            latents = self.prepare_latents(total, height, width, generator)
+        else:
+            expected = (total, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != expected:
+                raise DeepGenInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}.")
+            latents = latents.to(self.device, self.dtype)
+        if reference_latents is None and ref_pixels is not None:
+            reference_latents = self.encode_reference_latents(ref_pixels, generator, latent_mode)
+        if per_prompt > 1:
+            embeddings = PromptEmbeddings(*(t.repeat_interleave(per_prompt, dim=0) for t in vars(embeddings).values()))
+            if reference_latents is not None:
+                reference_latents = [refs for refs in reference_latents for _ in range(per_prompt)]
+        latents = self.denoise(latents, embeddings, reference_latents, steps, guidance_scale, shift, callback, callback_inputs)
+        if output_type == "latent":
+            return DeepGenPipelineOutput(images=None, latents=latents)
+        pixels = self.decode_latents(latents)
+        if output_type == "pt":
+            return DeepGenPipelineOutput(images=((pixels.float() + 1) / 2).clamp(0, 1), latents=latents)
+        uint8 = tensor_to_uint8(pixels).cpu().numpy()
+        if output_type == "np":
+            return DeepGenPipelineOutput(images=uint8, latents=latents)
+        return DeepGenPipelineOutput(images=[Image.fromarray(a) for a in uint8], latents=latents)
