@@ -138,6 +138,16 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------- key conversion
 
 
+def reference_bridge_key(key: str) -> str:
+    """`meta_queries` / `projector_*` / `connector.*` (reference names) -> our encoder parameter name."""
+    if key == "meta_queries":
+        return "think_tokens"
+    prefix = next((p for p in _BRIDGE_RENAMES if key.startswith(p)), None)
+    if prefix is None:
+        raise KeyError(key)
+    return _BRIDGE_RENAMES[prefix] + key[len(prefix) :]
+
+
 def _vlm_key(key: str) -> str:
     """A reference `lmm.` key (4.51 or 4.56 layout, possibly PEFT-wrapped) -> `Qwen2_5_VLModel` name."""
     key = key.replace(".base_layer.", ".")
@@ -156,11 +166,8 @@ def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> DeepGen
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
     out = DeepGenStateDict()
     for key in list(sd):
-        if key == "meta_queries":
-            out.encoder["think_tokens"] = sd.pop(key)
-        elif key.startswith(tuple(_BRIDGE_RENAMES)):
-            prefix = next(p for p in _BRIDGE_RENAMES if key.startswith(p))
-            out.encoder[_BRIDGE_RENAMES[prefix] + key[len(prefix) :]] = sd.pop(key)
+        if key == "meta_queries" or key.startswith(tuple(_BRIDGE_RENAMES)):
+            out.encoder[reference_bridge_key(key)] = sd.pop(key)
         elif key.startswith("transformer."):
             out.transformer[key[len("transformer.") :]] = sd.pop(key)
         elif key.startswith("vae."):

@@ -53,6 +53,12 @@ class DeepGenComponents:
     scheduler: FlowMatchEulerDiscreteScheduler
 
 
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating weights. diffusers' `ModelMixin.to` warns about `_keep_in_fp32_modules` even when a model
+    has none (SD3/VAE), so the plain `nn.Module.to` is used."""
+    return torch.nn.Module.to(module, dtype=dtype)
+
+
 def default_attn_implementation() -> str:
     """flash-attn when it is installed and a GPU is present, else SDPA (both give pad rows zero output, §2.3)."""
     import importlib.util
@@ -99,7 +105,7 @@ def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str
     with torch.device("meta"):
         encoder = DeepGenEncoder(vlm, config, vlm.config._attn_implementation)
     _load_state_strict(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
-    encoder.to(dtype)
+    cast(encoder, dtype)
     _materialize_check(encoder, "the DeepGen bridge weights")
     return encoder
 
@@ -166,7 +172,7 @@ def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dt
             transformer = DeepGenSD3Transformer.from_config(config)
         _load_state_strict(transformer, weights, "the checkpoint's DiT weights")
         _materialize_check(transformer, "the checkpoint's DiT weights")
-        return transformer.to(dtype)
+        return cast(transformer, dtype)
     # Pretrain checkpoints hold only the pos-embed buffer (DiT frozen): overlay it on the base DiT.
     transformer = DeepGenSD3Transformer.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     if weights:
@@ -203,10 +209,10 @@ def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: to
         ),
         TRANSFORMER_FILE: (
             components.transformer.state_dict(),
-            {**common, "component": "transformer", "transformer_config": json.dumps(dict(components.transformer.config)),
-             "scheduler_config": json.dumps(dict(components.scheduler.config))},
+            {**common, "component": "transformer", "transformer_config": _config_json(components.transformer.config),
+             "scheduler_config": _config_json(components.scheduler.config)},
         ),
-        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": json.dumps(dict(components.vae.config))}),
+        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": _config_json(components.vae.config)}),
     }
     written = {}
     for name, (state, meta) in files.items():
@@ -214,6 +220,11 @@ def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: to
         written[name] = atomic_save_safetensors(state, out / name, meta)
     (out / INDEX_FILE).write_text(json.dumps({"deepgen_format": FORMAT_VERSION, "encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}, indent=1))
     return written
+
+
+def _config_json(config) -> str:
+    # diffusers configs carry the source path (`_name_or_path`), which is neither portable nor needed.
+    return json.dumps({k: v for k, v in dict(config).items() if k != "_name_or_path"})
 
 
 def atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
@@ -272,7 +283,7 @@ def load_converted_transformer(path: str | Path, dtype: torch.dtype) -> tuple[De
         transformer = DeepGenSD3Transformer.from_config(json.loads(meta["transformer_config"]))
     _load_state_strict(transformer, state, f"DiT file {path}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads(meta["scheduler_config"]))
-    return transformer.to(dtype).eval(), scheduler
+    return cast(transformer, dtype).eval(), scheduler
 
 
 def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
@@ -281,7 +292,7 @@ def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
         vae = AutoencoderKL.from_config(json.loads(meta["vae_config"]))
     _load_state_strict(vae, state, f"VAE file {path}")
     _materialize_check(vae, f"VAE file {path}")
-    return vae.to(dtype).eval()
+    return cast(vae, dtype).eval()
 
 
 def is_converted(path: str | Path) -> bool:

@@ -189,11 +189,18 @@ class DeepGenPipeline:
         batch = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str], reference_pixels: list[list[torch.Tensor]] | None = None) -> PromptEmbeddings:
+    def encode_prompt(
+        self,
+        prompts: list[str],
+        negative_prompts: list[str],
+        reference_pixels: list[list[torch.Tensor]] | None = None,
+        max_text_length: int | None = None,
+    ) -> PromptEmbeddings:
         """One VLM pass over `prompts + negative_prompts` (the reference batches them: pads depend on both, §2.3).
 
         With references, every row gets the image blocks of its sample (negatives too) and the vision tower runs
-        once over all distinct references.
+        once over all distinct references. Pass no negatives for training; `max_text_length` applies the
+        training-time left truncation (§2.2).
         """
         n = len(prompts)
         image_embeds = grid = None
@@ -208,9 +215,10 @@ class DeepGenPipeline:
             offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
             per_sample = [counts[offsets[i] : offsets[i + 1]] for i in range(n)]
             texts = [edit_prompt(p, c) for p, c in zip(prompts, per_sample)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, per_sample)]
-            image_embeds, grid = torch.cat([embeds, embeds]), torch.cat([torch.cat(grids)] * 2)
+            copies = 2 if negative_prompts else 1
+            image_embeds, grid = torch.cat([embeds] * copies), torch.cat([torch.cat(grids)] * copies)
         input_ids, attention_mask = self._tokenize(texts)
-        context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid)
+        context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length)
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 
     def encode_reference_latents(self, reference_pixels: list[list[torch.Tensor]], generator: Generator = None, mode: Literal["sample", "mode"] = "sample") -> list[list[torch.Tensor]]:
@@ -279,7 +287,7 @@ class DeepGenPipeline:
                 available["latents"] = latents
                 kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 result = callback_on_step_end(self, i, timesteps[i], kwargs)
-                if result and "latents" in result:
+                if isinstance(result, dict) and "latents" in result:
                     latents = result["latents"]
         return latents
 

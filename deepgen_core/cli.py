@@ -1,0 +1,109 @@
+"""`deepgen` command line: `generate` (text-to-image / edit) and `convert` (release -> safetensors layout)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="converted DeepGen folder/file, or a DeepGen checkpoint (model.pt / .safetensors)")
+    p.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (with a release checkpoint)")
+    p.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/ (with a release checkpoint)")
+    p.add_argument("--config", help="DeepGen config JSON (default: deepgen_config.json beside the checkpoint, else inferred)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepgen", description="DeepGen 1.0 image generation and editing, offline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate or edit an image")
+    gen.add_argument("--prompt", required=True, help="the prompt or edit instruction (may be empty)")
+    gen.add_argument("--image", action="append", default=[], help="reference image for editing (repeat for several)")
+    gen.add_argument("--negative-prompt", default=None, help="default: '' for text-to-image, the reference's quality negative for edits")
+    gen.add_argument("--out", default="deepgen.png", help="output PNG path (several images get _0, _1, ... suffixes)")
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 20 on the embedded tiny model)")
+    gen.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (<= 1 disables it)")
+    gen.add_argument("--shift", type=float, default=None, help="scheduler shift override (default: the model's, 3.0)")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    _add_model_args(gen, required=False)
+
+    conv = sub.add_parser("convert", help="write a DeepGen release as safetensors files (no pickle, mmap-able)")
+    _add_model_args(conv, required=True)
+    conv.add_argument("--out", required=True, help="output folder")
+    conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    return parser
+
+
+def _pipeline(args: argparse.Namespace, device: str, dtype):
+    from .pipeline import DeepGenPipeline
+
+    if args.model is None:
+        from .presets import tiny_components
+
+        logging.getLogger("deepgen").info("no --model given: using the embedded tiny model")
+        return DeepGenPipeline.from_components(tiny_components(dtype=dtype)).to(device), True
+    return DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype, device=device), False
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    pipe, tiny = _pipeline(args, device, dtype)
+    steps = args.steps or (20 if tiny else 50)
+    images = [Image.open(p) for p in args.image] or None
+    with tqdm(total=steps, desc="denoising", unit="step") as bar:
+        out = pipe(
+            args.prompt, image=images, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+            num_inference_steps=steps, guidance_scale=args.cfg, shift=args.shift, num_images_per_prompt=args.num_images,
+            generator=torch.Generator("cpu").manual_seed(args.seed),
+            callback_on_step_end=lambda *_: bar.update(1) and None,
+        )
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_path] if len(out.images) == 1 else [out_path.with_name(f"{out_path.stem}_{i}{out_path.suffix}") for i in range(len(out.images))]
+    for img, path in zip(out.images, paths):
+        img.save(path)
+        print(path)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import DeepGenPipeline
+
+    dtype = getattr(torch, DTYPES[args.dtype])
+    pipe = DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype)
+    for path in pipe.save_converted(args.out, dtype).values():
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import CheckpointError, DeepGenInputError
+
+    try:
+        return _generate(args) if args.command == "generate" else _convert(args)
+    except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
+        print(f"deepgen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

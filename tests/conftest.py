@@ -1,0 +1,93 @@
+"""Shared fixtures: the reference-tiny golden files and pipelines loaded from them through the public API."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FIXTURES = Path(os.environ.get("DEEPGEN_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference-tiny"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not FIXTURES.is_dir():
+        skip = pytest.mark.skip(reason=f"reference fixtures not found at {FIXTURES} (set DEEPGEN_FIXTURES)")
+        for item in items:
+            if "fixture_dir" in getattr(item, "fixturenames", ()):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def manifest(fixture_dir) -> dict:
+    return json.loads((fixture_dir / "manifest.json").read_text())["files"]
+
+
+@pytest.fixture(scope="session")
+def golden(fixture_dir):
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(name: str) -> dict[str, torch.Tensor]:
+        if name not in cache:
+            cache[name] = load_file(str(fixture_dir / "outputs" / f"{name}.safetensors"))
+        return cache[name]
+
+    return get
+
+
+def assert_parity(ours: torch.Tensor, ref: torch.Tensor, name: str, factor: float = 1e-4) -> None:
+    """The acceptance tolerance: max |ours - ref| <= factor * (1 + max |ref|)."""
+    assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
+    err = (ours.detach().float() - ref.float()).abs().max().item()
+    bound = factor * (1 + ref.float().abs().max().item())
+    assert err <= bound, f"{name}: max |diff| {err:.3g} > {bound:.3g}"
+
+
+def _release_pipeline(fixture_dir: Path, checkpoint: Path):
+    from deepgen_core.pipeline import DeepGenPipeline
+
+    base = fixture_dir / "base"
+    return DeepGenPipeline.from_pretrained(
+        checkpoint, vlm=base / "qwen2_5_vl", diffusion=base / "sd35_kontext",
+        config=fixture_dir / "deepgen_config.json", torch_dtype=torch.float32,
+    )
+
+
+@pytest.fixture(scope="session", params=["safetensors", "model_pt", "converted"])
+def pipe(request, fixture_dir, tmp_path_factory):
+    """The fixture model loaded three ways: the checkpoint as given, a `torch.save`d `model.pt`, and the output
+    of `deepgen convert` (fp32, so the comparison stays exact)."""
+    from deepgen_core.pipeline import DeepGenPipeline
+
+    ckpt = fixture_dir / "deepgen_checkpoint.safetensors"
+    if request.param == "safetensors":
+        return _release_pipeline(fixture_dir, ckpt)
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "model_pt":
+        torch.save(load_file(str(ckpt)), tmp / "model.pt")
+        return _release_pipeline(fixture_dir, tmp / "model.pt")
+    from deepgen_core.cli import main
+
+    base = fixture_dir / "base"
+    rc = main(["convert", "--model", str(ckpt), "--vlm", str(base / "qwen2_5_vl"), "--diffusion", str(base / "sd35_kontext"),
+               "--config", str(fixture_dir / "deepgen_config.json"), "--out", str(tmp), "--dtype", "fp32"])
+    assert rc == 0
+    return DeepGenPipeline.from_pretrained(tmp, torch_dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.presets import tiny_components
+
+    return DeepGenPipeline.from_components(tiny_components(seed=0))
