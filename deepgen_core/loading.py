@@ -299,7 +299,12 @@ def is_converted(path: str | Path) -> bool:
     path = Path(path)
     if path.is_dir():
         return (path / INDEX_FILE).is_file() or (path / ENCODER_FILE).is_file()
-    return path.suffix == ".safetensors" and path.is_file() and "deepgen_format" in safetensors_metadata(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        return "deepgen_format" in safetensors_metadata(path)
+    except Exception:  # not readable as safetensors: let read_state_dict diagnose it
+        return False
 
 
 def load_converted(path: str | Path, dtype: torch.dtype = torch.bfloat16, attn_implementation: str | None = None) -> DeepGenComponents:

@@ -346,7 +346,8 @@ class DeepGenPipeline:
         ref_pixels = self.prepare_reference_pixels(image, len(prompts), reference_resize, reference_size)
         if height is None and width is None and ref_pixels is not None and all(len(r) == 1 for r in ref_pixels) and len({r[0].shape for r in ref_pixels}) == 1:
             height, width = ref_pixels[0][0].shape[-2:]
-        height, width = height or 512, width or 512
+        height = 512 if height is None else height
+        width = 512 if width is None else width
         self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type)
         default_negative = DEFAULT_EDIT_NEGATIVE_PROMPT if ref_pixels is not None else ""
         negatives = self._negatives(negative_prompt, default_negative, len(prompts))

@@ -1,0 +1,125 @@
+"""Pipeline behaviour on the tiny preset: fast-path contracts, determinism, callbacks, outputs, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from deepgen_core.models.transformer import DeepGenJointAttnProcessor
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def spy(monkeypatch, tiny_pipe):
+    """Records the masks the DiT processors and the VLM text model receive, and how often each runs."""
+    seen = {"dit_masks": [], "vlm_masks": [], "vlm_calls": 0, "dit_calls": 0}
+    original = DeepGenJointAttnProcessor.__call__
+
+    def proc(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        seen["dit_masks"].append(attention_mask)
+        return original(self, attn, hidden_states, encoder_hidden_states, attention_mask)
+
+    monkeypatch.setattr(DeepGenJointAttnProcessor, "__call__", proc)
+    lm = tiny_pipe.encoder.vlm.language_model
+
+    def pre_hook(module, args, kwargs):
+        seen["vlm_calls"] += 1
+        seen["vlm_masks"].append(kwargs.get("attention_mask"))
+
+    h1 = lm.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    h2 = tiny_pipe.transformer.register_forward_hook(lambda *a: seen.__setitem__("dit_calls", seen["dit_calls"] + 1))
+    yield seen
+    h1.remove(), h2.remove()
+
+
+def test_unpadded_runs_without_masks_and_batches_cfg(tiny_pipe, spy):
+    # prompt and negative tokenise to the same length here, so nothing is padded anywhere
+    tiny_pipe("a red circle", negative_prompt="a red square", num_inference_steps=3, height=64, width=64, generator=_gen(), output_type="latent")
+    assert spy["vlm_calls"] == 1 and spy["vlm_masks"] == [None]
+    assert spy["dit_calls"] == 3  # one DiT call per step: cond + uncond in one batch
+    assert spy["dit_masks"] and all(m is None for m in spy["dit_masks"])
+
+
+def test_padded_prompts_pass_a_mask_only_to_the_vlm(tiny_pipe, spy):
+    tiny_pipe("a red circle on a blue background", negative_prompt="", num_inference_steps=2, height=64, width=64, generator=_gen(), output_type="latent")
+    assert spy["vlm_calls"] == 1 and spy["vlm_masks"][0] is not None
+    assert all(m is None for m in spy["dit_masks"])  # equal image streams: the DiT stays unmasked
+
+
+def test_edit_single_vlm_pass_and_unmasked_dit(tiny_pipe, spy):
+    ref = Image.new("RGB", (64, 96), (200, 30, 30))
+    out = tiny_pipe("make it blue", image=ref, num_inference_steps=2, generator=_gen(), output_type="latent")
+    assert out.latents.shape == (1, 16, 12, 8)  # output size follows the single reference (96 x 64)
+    assert spy["vlm_calls"] == 1 and all(m is None for m in spy["dit_masks"])
+
+
+def test_mixed_reference_sizes_mask_and_match_per_sample(tiny_pipe):
+    """A batch whose samples have different reference sizes takes the padded path; each sample must equal
+    what it gives alone (padding never leaks into real tokens)."""
+    dit = tiny_pipe.transformer
+    g = _gen(1)
+    x = torch.randn(2, 16, 8, 8, generator=g)
+    ctx, pooled, t = torch.randn(2, 7, 48, generator=g), torch.randn(2, 40, generator=g), torch.tensor([500.0, 300.0])
+    refs = [[torch.randn(16, 8, 8, generator=g)], [torch.randn(16, 4, 6, generator=g), torch.randn(16, 6, 4, generator=g)]]
+    with torch.no_grad():
+        both = dit(x, ctx, pooled, t, reference_latents=refs).sample
+        for i in range(2):
+            alone = dit(x[i : i + 1], ctx[i : i + 1], pooled[i : i + 1], t[i : i + 1], reference_latents=[refs[i]]).sample
+            torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_image_and_seed_matters(tiny_pipe):
+    kw = dict(num_inference_steps=3, height=64, width=64, output_type="np")
+    a = tiny_pipe("a cat", generator=_gen(7), **kw).images
+    b = tiny_pipe("a cat", generator=_gen(7), **kw).images
+    c = tiny_pipe("a cat", generator=_gen(8), **kw).images
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_seeded_reference_latents_are_reproducible_and_mode_is_deterministic(tiny_pipe):
+    pixels = [[torch.rand(3, 64, 64) * 2 - 1]]
+    s1 = tiny_pipe.encode_reference_latents(pixels, _gen(3))[0][0]
+    s2 = tiny_pipe.encode_reference_latents(pixels, _gen(3))[0][0]
+    m = tiny_pipe.encode_reference_latents(pixels, None, mode="mode")[0][0]
+    assert torch.equal(s1, s2) and not torch.equal(s1, m)
+
+
+def test_images_per_prompt_and_output_types(tiny_pipe):
+    out = tiny_pipe(["a", "b"], num_images_per_prompt=2, num_inference_steps=1, height=32, width=48, generator=_gen(), output_type="pt")
+    assert out.images.shape == (4, 3, 32, 48) and 0 <= out.images.min() and out.images.max() <= 1
+    pil = tiny_pipe("a", num_inference_steps=1, height=32, width=48, generator=_gen(), output_type="pil").images
+    assert len(pil) == 1 and pil[0].size == (48, 32)
+
+
+def test_callback_progress_preview_and_cancel(tiny_pipe):
+    steps = []
+
+    def callback(pipe, i, t, tensors):
+        steps.append((i, float(t), tuple(tensors)))
+        assert tensors["denoised"].shape == tensors["latents"].shape
+        if i == 1:
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_pipe("a", num_inference_steps=5, height=32, width=32, generator=_gen(), callback_on_step_end=callback,
+                  callback_on_step_end_tensor_inputs=("latents", "denoised"))
+    assert [s[0] for s in steps] == [0, 1] and steps[0][1] == 1000.0
+
+
+def test_callback_can_replace_latents(tiny_pipe):
+    out = tiny_pipe("a", num_inference_steps=2, height=32, width=32, generator=_gen(), output_type="latent",
+                    callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros_like(k["latents"])})
+    assert torch.count_nonzero(out.latents) == 0
+
+
+def test_cli_generate_embedded_model(tmp_path):
+    from deepgen_core.cli import main
+
+    out = tmp_path / "x.png"
+    assert main(["generate", "--prompt", "a red circle on a blue background", "--steps", "2", "--height", "64", "--width", "64", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.size == (64, 64) and img.mode == "RGB"
