@@ -1,6 +1,5 @@
 # Run from the repository root: python deepgen_core/assets/make_tiny_tokenizer.py
 # Builds the bundled tiny byte-level BPE tokenizer (Qwen2 layout and special tokens) from a fixed corpus.
-import json
 from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
 from transformers import PreTrainedTokenizerFast
 SPECIALS=["<|endoftext|>","<|im_start|>","<|im_end|>","<|object_ref_start|>","<|object_ref_end|>","<|box_start|>","<|box_end|>","<|quad_start|>","<|quad_end|>","<|vision_start|>","<|vision_end|>","<|vision_pad|>","<|image_pad|>","<|video_pad|>"]
