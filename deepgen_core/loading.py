@@ -77,9 +77,15 @@ def _require_dir(path: str | Path | None, what: str, hint: str) -> Path:
     return path
 
 
-def _load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, allow_missing: tuple[str, ...] = ()) -> None:
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, partial: bool = False) -> None:
+    """Load `state` into `module`, failing with the offending keys grouped by module.
+
+    `partial=False`: every module tensor must be in `state` (strict). `partial=True`: `state` overlays some of
+    them (pretrain files, VLM overrides). Unexpected keys and shape mismatches are errors either way. Modules
+    built on the meta device take the file's tensors directly and must end with nothing left on meta.
+    """
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(allow_missing)]
+    missing = [] if partial else [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
@@ -92,9 +98,6 @@ def _load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], 
             parts.append(f"shape mismatch in {len(wrong)} tensors (first: {wrong[0]})")
         raise CheckpointError(f"{what} does not fit the model config: {'; '.join(parts)}.")
     module.load_state_dict(state, strict=False, assign=any(p.is_meta for p in module.parameters()))
-
-
-def _materialize_check(module: torch.nn.Module, what: str) -> None:
     meta = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if meta:
         raise CheckpointError(f"{what} left {len(meta)} tensors unloaded [{group_keys(meta)}].")
@@ -104,10 +107,8 @@ def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str
     # Build the bridge on the meta device (no random init of 0.4 B parameters), then take the file's tensors.
     with torch.device("meta"):
         encoder = DeepGenEncoder(vlm, config, vlm.config._attn_implementation)
-    _load_state_strict(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
-    cast(encoder, dtype)
-    _materialize_check(encoder, "the DeepGen bridge weights")
-    return encoder
+    load_state_checked(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
+    return cast(encoder, dtype)
 
 
 # --------------------------------------------------------------------------------------------- release layout
@@ -141,7 +142,7 @@ def load_release(
     tokenizer = load_tokenizer(vlm_dir)
     vlm_model = Qwen2_5_VLModel.from_pretrained(vlm_dir, dtype=dtype, attn_implementation=attn, local_files_only=True)
     if parts.vlm:
-        _load_state_strict_partial(vlm_model, parts.vlm, "the checkpoint's VLM weights")
+        load_state_checked(vlm_model, parts.vlm, "the checkpoint's VLM weights", partial=True)
     merge_vlm_lora(vlm_model, parts.vlm_lora, alpha=lora_alpha)
     if not parts.vlm_lora:
         logger.info("checkpoint has no VLM LoRA: the base VLM is used, exactly as the reference does for such files (§7.3)")
@@ -150,18 +151,9 @@ def load_release(
     transformer = _load_release_transformer(diff_dir / "transformer", parts.transformer, dtype)
     vae = AutoencoderKL.from_pretrained(diff_dir / "vae", torch_dtype=dtype, local_files_only=True)
     if parts.vae:
-        _load_state_strict(vae, parts.vae, "the checkpoint's VAE weights")
+        load_state_checked(vae, parts.vae, "the checkpoint's VAE weights")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(diff_dir / "scheduler", local_files_only=True)
     return DeepGenComponents(tokenizer, encoder.eval(), transformer.eval(), vae.eval(), scheduler)
-
-
-def _load_state_strict_partial(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    own = module.state_dict()
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if unexpected or wrong:
-        raise CheckpointError(f"{what} do not fit: unexpected [{group_keys(unexpected)}], wrong shapes [{group_keys(wrong)}].")
-    module.load_state_dict(state, strict=False)
 
 
 def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenSD3Transformer:
@@ -170,13 +162,12 @@ def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dt
         # SFT / RL checkpoints carry the whole DiT: skip reading the base weights (they would be overwritten).
         with torch.device("meta"):
             transformer = DeepGenSD3Transformer.from_config(config)
-        _load_state_strict(transformer, weights, "the checkpoint's DiT weights")
-        _materialize_check(transformer, "the checkpoint's DiT weights")
+        load_state_checked(transformer, weights, "the checkpoint's DiT weights")
         return cast(transformer, dtype)
     # Pretrain checkpoints hold only the pos-embed buffer (DiT frozen): overlay it on the base DiT.
     transformer = DeepGenSD3Transformer.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     if weights:
-        _load_state_strict_partial(transformer, weights, "the checkpoint's DiT tensors")
+        load_state_checked(transformer, weights, "the checkpoint's DiT tensors", partial=True)
     return transformer
 
 
@@ -281,7 +272,7 @@ def load_converted_transformer(path: str | Path, dtype: torch.dtype) -> tuple[De
     state, meta = _read_converted(_component_file(Path(path), "transformer"), "transformer")
     with torch.device("meta"):
         transformer = DeepGenSD3Transformer.from_config(json.loads(meta["transformer_config"]))
-    _load_state_strict(transformer, state, f"DiT file {path}")
+    load_state_checked(transformer, state, f"DiT file {path}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads(meta["scheduler_config"]))
     return cast(transformer, dtype).eval(), scheduler
 
@@ -290,8 +281,7 @@ def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
     state, meta = _read_converted(_component_file(Path(path), "vae"), "vae")
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(json.loads(meta["vae_config"]))
-    _load_state_strict(vae, state, f"VAE file {path}")
-    _materialize_check(vae, f"VAE file {path}")
+    load_state_checked(vae, state, f"VAE file {path}")
     return cast(vae, dtype).eval()
 
 
