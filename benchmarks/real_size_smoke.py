@@ -13,42 +13,36 @@ import statistics
 import time
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+from transformers import Qwen2_5_VLModel
 
 from deepgen_core.config import DeepGenConfig
 from deepgen_core.loading import DeepGenComponents, cast, load_tokenizer
 from deepgen_core.models.transformer import DeepGenSD3Transformer
 from deepgen_core.models.vlm import DeepGenEncoder
 from deepgen_core.pipeline import DeepGenPipeline
-from deepgen_core.presets import TINY_TOKENIZER_DIR
+from deepgen_core.presets import TINY_TOKENIZER_DIR, randomize_output_heads, sd3_vae, special_token_ids, vlm_config
 
 
 def real_size_components(device: str, dtype: torch.dtype) -> DeepGenComponents:
     tokenizer = load_tokenizer(TINY_TOKENIZER_DIR)  # real Qwen tokenizer files cannot exist here; ids fit the real vocab
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|endoftext|>", "<|im_end|>")}
-    vlm_config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                         num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=128000, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+    config = vlm_config(
+        special_token_ids(tokenizer),
+        text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                  num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=128000,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, window_size=112,
+                    fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2),
     )
     torch.manual_seed(0)
     with torch.device(device):
-        vlm = Qwen2_5_VLModel(vlm_config)
+        vlm = Qwen2_5_VLModel(config)
         vlm.config._attn_implementation = "sdpa"
         encoder = DeepGenEncoder(vlm, DeepGenConfig())
-        for head in (encoder.bridge.proj_pooled, encoder.bridge.proj_context):
-            torch.nn.init.normal_(head.weight, std=0.02)
+        randomize_output_heads(encoder, std=0.02)
         transformer = DeepGenSD3Transformer()  # SD3.5-Medium defaults
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                            scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+        vae = sd3_vae()  # SD3 VAE sizes
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return DeepGenComponents(tokenizer, cast(encoder, dtype).eval(), cast(transformer, dtype).eval(), cast(vae, dtype).eval(), scheduler)
 

@@ -21,18 +21,29 @@ from .models.vlm import DeepGenEncoder
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny-tokenizer"
 
 
+def special_token_ids(tokenizer) -> dict[str, int]:
+    return {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("pad", "<|endoftext|>"), ("eos", "<|im_end|>"), ("image", "<|image_pad|>"), ("video", "<|video_pad|>"),
+        ("vision_start", "<|vision_start|>"), ("vision_end", "<|vision_end|>"))}
+
+
+def vlm_config(token_ids: dict[str, int], text: dict, vision: dict) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config with the tokenizer's special ids; `text` / `vision` hold the sizes."""
+    text = dict(text, bos_token_id=token_ids["pad"], eos_token_id=token_ids["eos"], pad_token_id=token_ids["pad"], tie_word_embeddings=True)
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=token_ids["image"], video_token_id=token_ids["video"],
+        vision_start_token_id=token_ids["vision_start"], vision_end_token_id=token_ids["vision_end"], tie_word_embeddings=True,
+    )
+
+
 def tiny_vlm_config(vocab_size: int, token_ids: dict[str, int], num_layers: int = 12, hidden: int = 64) -> Qwen2_5_VLConfig:
     text = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        bos_token_id=token_ids["pad"], eos_token_id=token_ids["eos"], pad_token_id=token_ids["pad"], tie_word_embeddings=True,
     )
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, window_size=56, fullatt_block_indexes=[1])
-    return Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, image_token_id=token_ids["image"], video_token_id=token_ids["video"],
-        vision_start_token_id=token_ids["vision_start"], vision_end_token_id=token_ids["vision_end"], tie_word_embeddings=True,
-    )
+    return vlm_config(token_ids, text, vision)
 
 
 def tiny_deepgen_config(num_layers: int = 12, hidden: int = 64) -> DeepGenConfig:
@@ -52,27 +63,36 @@ def tiny_transformer() -> DeepGenSD3Transformer:
     )
 
 
-def tiny_vae() -> AutoencoderKL:
+def sd3_vae(block_out_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2, norm_num_groups: int = 32) -> AutoencoderKL:
+    """An SD3-style VAE (16 latent channels, no quant convs, SD3 scaling/shift); defaults are the real sizes."""
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-        norm_num_groups=4, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
     )
+
+
+def tiny_vae() -> AutoencoderKL:
+    return sd3_vae(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
+
+
+def randomize_output_heads(encoder: DeepGenEncoder, std: float) -> None:
+    """The reference zero-initialises the pooled/context heads; random weights need them non-zero so that every
+    path carries signal (a loaded checkpoint makes them non-zero too)."""
+    for head in (encoder.bridge.proj_pooled, encoder.bridge.proj_context):
+        torch.nn.init.normal_(head.weight, std=std)
 
 
 def tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeepGenComponents:
     """A complete tiny DeepGen with seeded random weights (global RNG state is restored afterwards)."""
     tokenizer = load_tokenizer(TINY_TOKENIZER_DIR)
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-        ("pad", "<|endoftext|>"), ("eos", "<|im_end|>"), ("image", "<|image_pad|>"), ("video", "<|video_pad|>"),
-        ("vision_start", "<|vision_start|>"), ("vision_end", "<|vision_end|>"))}
+    ids = special_token_ids(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vlm = Qwen2_5_VLModel(tiny_vlm_config(len(tokenizer), ids))
         vlm.config._attn_implementation = "sdpa"
         encoder = DeepGenEncoder(vlm, tiny_deepgen_config())
-        for head in (encoder.bridge.proj_pooled, encoder.bridge.proj_context):  # non-zero, so every path matters
-            torch.nn.init.normal_(head.weight, std=0.05)
+        randomize_output_heads(encoder, std=0.05)
         transformer, vae = tiny_transformer(), tiny_vae()
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return DeepGenComponents(tokenizer, cast(encoder, dtype).eval(), cast(transformer, dtype).eval(), cast(vae, dtype).eval(), scheduler)
