@@ -126,3 +126,21 @@ def vit_patches(
     patches = frames.permute(2, 5, 3, 6, 1, 0, 4, 7).reshape(gh * gw, c * temporal_patch_size * patch_size**2)
     grid = torch.tensor([[1, gh, gw]], dtype=torch.long, device=pixels.device)
     return patches, grid
+
+
+def channels_last_to_pil(images: torch.Tensor, name: str = "image") -> list[Image.Image]:
+    """(B, H, W, C) float images in [0, 1] (ComfyUI's IMAGE) -> B RGB PIL images, rounding to the nearest level so
+    that 8-bit images round-trip exactly. A 4th (alpha) channel is composited over white like `to_rgb`."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise DeepGenInputError(f"{name} must be a (batch, height, width, channels) image tensor, got shape {tuple(images.shape)}.")
+    if images.shape[0] == 0:
+        raise DeepGenInputError(f"{name} is an empty batch; connect at least one image.")
+    array = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}
+    return [to_rgb(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a, modes[a.shape[-1]]), name) for a in array]
+
+
+def to_channels_last(pixels: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) or (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1] (ComfyUI's IMAGE)."""
+    pixels = pixels[None] if pixels.ndim == 3 else pixels
+    return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous()

@@ -156,6 +156,27 @@ def load_release(
     return DeepGenComponents(tokenizer, encoder.eval(), transformer.eval(), vae.eval(), scheduler)
 
 
+def find_release_parts(folder: str | Path) -> tuple[Path, Path, Path]:
+    """Locate a release layout gathered in one folder: the DeepGen checkpoint, the Qwen2.5-VL folder and the
+    UniPic2 folder (any names), e.g. `deepgen/model.pt`, `deepgen/Qwen2.5-VL-3B-Instruct/`,
+    `deepgen/UniPic2-SD3.5M-Kontext/`. Raises `CheckpointError` naming what is missing."""
+    folder = Path(folder)
+    checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
+    vlms = sorted(p for p in folder.iterdir() if (p / "config.json").is_file() and '"qwen2_5_vl"' in (p / "config.json").read_text())
+    diffusions = sorted(p for p in folder.iterdir() if p.is_dir() and all((p / sub).is_dir() for sub in ("transformer", "vae", "scheduler")))
+    missing = [what for what, found in (
+        ("a DeepGen checkpoint (model.pt or *.safetensors)", checkpoints),
+        ("the Qwen2.5-VL-3B-Instruct folder (config.json with model_type qwen2_5_vl)", vlms),
+        ("the UniPic2-SD3.5M-Kontext folder (with transformer/, vae/, scheduler/)", diffusions),
+    ) if len(found) != 1]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is not a DeepGen folder: it needs exactly one of each of: {'; '.join(missing)}. "
+            "Gather the release files there, or run `deepgen convert` and use the converted files."
+        )
+    return checkpoints[0], vlms[0], diffusions[0]
+
+
 def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenSD3Transformer:
     config = DeepGenSD3Transformer.load_config(folder, local_files_only=True)
     if weights and len(weights) >= 10:

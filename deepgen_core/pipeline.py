@@ -20,7 +20,7 @@ from PIL import Image
 from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
 from .errors import DeepGenInputError
 from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
-from .loading import DeepGenComponents, is_converted, load_converted, load_release, save_converted
+from .loading import DeepGenComponents, find_release_parts, is_converted, load_converted, load_release, save_converted
 from .prompts import edit_prompt, text_to_image_prompt
 from .sampling import euler_step, inference_schedule, predicted_x0
 
@@ -68,6 +68,9 @@ class DeepGenPipeline:
         self.transformer = transformer
         self.vae = vae
         self.scheduler = scheduler
+        # Where inputs are placed; None: the transformer's device. Hosts that move modules themselves (ComfyUI's
+        # memory manager, partial loading) set it explicitly.
+        self.execution_device: torch.device | None = None
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -87,8 +90,9 @@ class DeepGenPipeline:
         """Load from local files only.
 
         Args:
-            model: a folder or file written by `deepgen convert`, or a DeepGen checkpoint (`model.pt`,
-                `*.safetensors`, or a folder holding one) that needs `vlm` and `diffusion`.
+            model: a folder or file written by `deepgen convert`; or a DeepGen checkpoint (`model.pt`,
+                `*.safetensors`, or a folder holding one) that needs `vlm` and `diffusion`; or one folder holding
+                the checkpoint and both base folders (found by `loading.find_release_parts`).
             vlm: the Qwen2.5-VL-3B-Instruct folder (release layout only).
             diffusion: the UniPic2-SD3.5M-Kontext folder with transformer/, vae/, scheduler/ (release layout only).
             config: DeepGen config or its JSON path; by default a `deepgen_config.json` beside the checkpoint,
@@ -103,6 +107,9 @@ class DeepGenPipeline:
             raise DeepGenInputError(f"model path {str(path)!r} does not exist; pass a converted DeepGen folder or a checkpoint.")
         if is_converted(path):
             components = load_converted(path, torch_dtype, attn_implementation)
+        elif path.is_dir() and vlm is None and diffusion is None:
+            checkpoint, vlm, diffusion = find_release_parts(path)
+            components = load_release(checkpoint, vlm, diffusion, config, torch_dtype, attn_implementation, lora_alpha)
         else:
             components = load_release(path, vlm, diffusion, config, torch_dtype, attn_implementation, lora_alpha)
         pipe = cls.from_components(components)
@@ -126,6 +133,8 @@ class DeepGenPipeline:
 
     @property
     def device(self) -> torch.device:
+        if self.execution_device is not None:
+            return torch.device(self.execution_device)
         return next(self.transformer.parameters()).device
 
     @property
@@ -195,12 +204,13 @@ class DeepGenPipeline:
         negative_prompts: list[str],
         reference_pixels: list[list[torch.Tensor]] | None = None,
         max_text_length: int | None = None,
+        num_think_tokens: int | None = None,
     ) -> PromptEmbeddings:
         """One VLM pass over `prompts + negative_prompts` (the reference batches them: pads depend on both, §2.3).
 
         With references, every row gets the image blocks of its sample (negatives too) and the vision tower runs
         once over all distinct references. Pass no negatives for training; `max_text_length` applies the
-        training-time left truncation (§2.2).
+        training-time left truncation (§2.2); `num_think_tokens` appends fewer think tokens (ablation).
         """
         n = len(prompts)
         image_embeds = grid = None
@@ -218,7 +228,9 @@ class DeepGenPipeline:
             copies = 2 if negative_prompts else 1
             image_embeds, grid = torch.cat([embeds] * copies), torch.cat([torch.cat(grids)] * copies)
         input_ids, attention_mask = self._tokenize(texts)
-        context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length)
+        context, pooled = self.encoder(
+            input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length, num_think_tokens=num_think_tokens
+        )
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 
     def encode_reference_latents(self, reference_pixels: list[list[torch.Tensor]], generator: Generator = None, mode: Literal["sample", "mode"] = "sample") -> list[list[torch.Tensor]]:
@@ -265,18 +277,26 @@ class DeepGenPipeline:
         timesteps = timesteps.to(self.device)
         do_cfg = guidance_scale > 1
         e = embeddings
-        if do_cfg:
-            context = torch.cat([e.negative_prompt_embeds, e.prompt_embeds])
-            pooled = torch.cat([e.negative_pooled_prompt_embeds, e.pooled_prompt_embeds])
-            refs = None if reference_latents is None else list(reference_latents) * 2
+        # Prompts and negatives encoded together share one length and run as one [uncond ; cond] DiT batch. Ones
+        # encoded apart (e.g. wired from different ComfyUI nodes) may differ in length: then two DiT calls, each
+        # exactly as encoded, instead of padding that the model never saw.
+        batched = do_cfg and e.negative_prompt_embeds.shape[1:] == e.prompt_embeds.shape[1:]
+        if batched:
+            branches = [(torch.cat([e.negative_prompt_embeds, e.prompt_embeds]), torch.cat([e.negative_pooled_prompt_embeds, e.pooled_prompt_embeds]), 2)]
+        elif do_cfg:
+            branches = [(e.negative_prompt_embeds, e.negative_pooled_prompt_embeds, 1), (e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         else:
-            context, pooled, refs = e.prompt_embeds, e.pooled_prompt_embeds, reference_latents
-        batch = context.shape[0]
+            branches = [(e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         for i in range(num_inference_steps):
-            model_input = torch.cat([latents, latents]) if do_cfg else latents
-            velocity = self.transformer(model_input, context, pooled, timesteps[i].expand(batch), reference_latents=refs).sample
+            outputs = []
+            for context, pooled, copies in branches:
+                model_input = torch.cat([latents] * copies) if copies > 1 else latents
+                refs = None if reference_latents is None else list(reference_latents) * copies
+                velocity = self.transformer(model_input, context, pooled, timesteps[i].expand(context.shape[0]), reference_latents=refs).sample
+                outputs.extend(velocity.chunk(copies))
+            velocity = outputs[0]
             if do_cfg:
-                uncond, cond = velocity.chunk(2)
+                uncond, cond = outputs
                 velocity = uncond + guidance_scale * (cond - uncond)
             if callback_on_step_end is not None:
                 available = {"latents": latents, "velocity": velocity}

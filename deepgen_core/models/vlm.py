@@ -101,6 +101,7 @@ class DeepGenEncoder(nn.Module):
         image_grid_thw: torch.Tensor | None = None,
         max_text_length: int | None = None,
         return_stacked: bool = False,
+        num_think_tokens: int | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Encode left-padded prompts into DiT conditioning.
 
@@ -111,15 +112,19 @@ class DeepGenEncoder(nn.Module):
             image_grid_thw: (num image blocks in the batch, 3), in the same row-major order.
             max_text_length: training only: keep the last `max_text_length` prompt positions (notes §2.2).
             return_stacked: also return the stacked SCB input (for inspection and parity tests).
+            num_think_tokens: append only the first `num_think_tokens` learned think tokens (0: none), for
+                ablation; `None` (default) appends all of them, the trained behaviour.
 
         Returns:
             `encoder_hidden_states` (B, T' + num_think_tokens, joint_attention_dim), `pooled_projections`
             (B, pooled_projection_dim), and the (B, L, H * 6) stacked hidden states if `return_stacked`.
         """
         batch = input_ids.shape[0]
-        n_think = self.config.num_think_tokens
+        n_think = self.config.num_think_tokens if num_think_tokens is None else num_think_tokens
+        if not 0 <= n_think <= self.config.num_think_tokens:
+            raise ValueError(f"num_think_tokens must be in 0..{self.config.num_think_tokens} (the trained count), got {n_think}.")
         inputs_embeds = self.embed_inputs(input_ids, image_embeds)
-        think = self.think_tokens.to(inputs_embeds.dtype)[None].expand(batch, -1, -1)
+        think = self.think_tokens[:n_think].to(inputs_embeds.dtype)[None].expand(batch, -1, -1)
         inputs_embeds = torch.cat([inputs_embeds, think], dim=1)
         # Think-token slots get the dummy id 0 (an ordinary text token for the rope index) and mask 1.
         full_ids = torch.cat([input_ids, input_ids.new_zeros(batch, n_think)], dim=1)

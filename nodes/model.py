@@ -1,0 +1,112 @@
+"""DEEPGEN_MODEL: the VLM+SCB encoder and the DiT, each owned by its own ComfyUI `ModelPatcher`.
+
+Two patchers let ComfyUI swap them like CLIP and UNet: encoding needs only the encoder, sampling only the DiT.
+The modules' linear, conv, norm and embedding layers are re-classed to ComfyUI's `comfy.ops` layers (same
+parameters, same maths) so that `--lowvram` / `--novram` can stream the weights that do not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..deepgen_core.pipeline import DeepGenPipeline
+from ._comfy import model_management, model_patcher, ops
+
+
+class ManagedModule(torch.nn.Module):
+    """The module a `ModelPatcher` owns. The patcher writes `model.device`, a read-only property on diffusers and
+    transformers models, so it gets this plain container instead; `inner` is the real model."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner
+        self._dtype = dtype
+
+    def get_dtype(self) -> torch.dtype:
+        return self._dtype
+
+
+def _streamable_classes() -> dict[type, type]:
+    layers = ops.disable_weight_init
+    return {
+        torch.nn.Linear: layers.Linear, torch.nn.Conv2d: layers.Conv2d, torch.nn.LayerNorm: layers.LayerNorm,
+        torch.nn.GroupNorm: layers.GroupNorm, torch.nn.Embedding: layers.Embedding,
+    }
+
+
+def use_comfy_layers(module: torch.nn.Module) -> int:
+    """Re-class plain torch layers to their `comfy.ops.disable_weight_init` twins in place; returns how many.
+
+    The twins subclass the torch layers and compute the same thing until the patcher marks a layer for
+    per-call weight casting (partial loading). Only exact classes are swapped, never subclasses.
+    """
+    mapping, count = _streamable_classes(), 0
+    for layer in module.modules():
+        target = mapping.get(type(layer))
+        if target is not None and target is not type(layer):
+            layer.__class__ = target
+            count += 1
+    return count
+
+
+def _place_remaining_tensors(patcher: Any, device_to: torch.device | None, lowvram_model_memory: float, *args: Any) -> None:
+    """`ON_LOAD` callback: after a partial load, the patcher leaves tensors that it cannot stream (think tokens,
+    norm weights, position tables, rotary buffers) where they were; move those small leftovers to the compute
+    device. `unpatch_model` moves the whole module back on unload, so nothing leaks."""
+    model = patcher.model
+    if device_to is None or not getattr(model, "model_lowvram", False):
+        return
+    for layer in model.modules():
+        if getattr(layer, "comfy_cast_weights", False):
+            continue
+        for name, param in list(layer.named_parameters(recurse=False)):
+            if param.device != torch.device(device_to):
+                param.data = param.data.to(device_to)
+        for name, buffer in list(layer.named_buffers(recurse=False)):
+            if buffer is not None and buffer.device != torch.device(device_to):
+                layer._buffers[name] = buffer.to(device_to)
+
+
+def make_patcher(module: torch.nn.Module, dtype: torch.dtype, load_device: torch.device, offload_device: torch.device) -> Any:
+    use_comfy_layers(module)
+    patcher = model_patcher.ModelPatcher(ManagedModule(module, dtype), load_device=load_device, offload_device=offload_device)
+    patcher.add_callback(model_patcher.CallbacksMP.ON_LOAD, _place_remaining_tensors)
+    return patcher
+
+
+@dataclass(frozen=True)
+class DeepGenModel:
+    """What flows through a DEEPGEN_MODEL socket. Treat as immutable: nodes that change settings return a copy
+    whose patchers are clones (weights shared)."""
+
+    encoder: Any
+    transformer: Any
+    tokenizer: Any
+    scheduler: Any
+    name: str
+    num_think_tokens: int | None = None  # None: all trained think tokens
+
+    @property
+    def trained_think_tokens(self) -> int:
+        return self.encoder.model.inner.config.num_think_tokens
+
+    def with_think_tokens(self, count: int | None) -> DeepGenModel:
+        return replace(self, encoder=self.encoder.clone(), transformer=self.transformer.clone(), num_think_tokens=count)
+
+    def pipeline(self, patcher: Any, memory_required: int = 0) -> DeepGenPipeline:
+        """Load `patcher` (one of ours) through ComfyUI's memory manager and return a pipeline running on its
+        device. The pipeline has no VAE: ComfyUI's VAE nodes encode and decode."""
+        model_management.load_models_gpu([patcher], memory_required=memory_required)
+        pipe = DeepGenPipeline(self.tokenizer, self.encoder.model.inner, self.transformer.model.inner, None, self.scheduler)
+        pipe.execution_device = patcher.load_device
+        return pipe
+
+
+def activation_estimate(tokens: int, width: int, dtype: torch.dtype) -> int:
+    """Rough peak activation bytes for a transformer pass over `tokens` positions of `width` channels (used as
+    `memory_required` so that ComfyUI frees room first). The factor 24 covers QKV, attention output, the MLP's
+    4x expansion and temporaries."""
+    return int(tokens * width * 24 * torch.finfo(dtype).bits // 8)
