@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(conv, required=True)
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+
+    from .rewards.service import add_reward_server_parser  # RL pieces keep their own argparse code
+
+    add_reward_server_parser(sub)
     return parser
 
 
@@ -99,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CheckpointError, DeepGenInputError
 
     try:
+        if hasattr(args, "handler"):
+            return args.handler(args)
         return _generate(args) if args.command == "generate" else _convert(args)
     except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Stage 3: MR-GRPO reinforcement learning (reference notes §6)."""
