@@ -1,6 +1,9 @@
 """DeepGen 1.0 for ComfyUI. ComfyUI imports this file and calls `comfy_entrypoint` (V3 API); there is deliberately
-no `NODE_CLASS_MAPPINGS`, which would make ComfyUI ignore the entry point."""
+no `NODE_CLASS_MAPPINGS`, which would make ComfyUI ignore the entry point. The node modules are imported on that
+call, so importing this package outside ComfyUI (pytest collects it as the repository root) needs no `comfy`."""
 
-from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+async def comfy_entrypoint():
+    from .nodes import comfy_entrypoint as entrypoint
+
+    return await entrypoint()

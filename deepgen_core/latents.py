@@ -25,15 +25,14 @@ def to_vae_space(latents: torch.Tensor, scaling_factor: float = SD3_SCALING_FACT
     return latents / scaling_factor + shift_factor
 
 
-def seeded_noise(shape: Sequence[int], seed: int, batch_index: Sequence[int] | None = None) -> torch.Tensor:
-    """fp32 CPU noise for a (B, C, h, w) batch from one integer seed.
+def initial_noise(shape: Sequence[int], generator: torch.Generator, batch_index: Sequence[int] | None = None) -> torch.Tensor:
+    """fp32 noise for a (B, C, h, w) batch drawn from a CPU `generator`.
 
-    Without `batch_index` this equals `torch.randn(shape, generator=torch.Generator().manual_seed(seed))`, i.e. the
-    pipeline's noise for `generator=torch.Generator().manual_seed(seed)`. With `batch_index` (one index per
-    sample), sample i gets the `batch_index[i]`-th of a sequence of single-sample draws, so a sample keeps its
-    noise when it is generated alone or inside a batch (ComfyUI's LATENT `batch_index` convention).
+    Without `batch_index` this is `torch.randn(shape, generator=generator)`, the pipeline's own initial noise for
+    the same generator. With `batch_index` (one index per sample), sample i gets the `batch_index[i]`-th of a
+    sequence of single-sample draws, so a sample keeps its noise whether it is generated alone or inside a batch
+    (ComfyUI's LATENT `batch_index` convention).
     """
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     if batch_index is None:
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
     if len(batch_index) != shape[0]:

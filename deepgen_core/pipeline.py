@@ -22,7 +22,7 @@ from .errors import DeepGenInputError
 from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
 from .loading import DeepGenComponents, find_release_parts, is_converted, load_converted, load_release, save_converted
 from .prompts import edit_prompt, text_to_image_prompt
-from .sampling import euler_step, inference_schedule, predicted_x0
+from .sampling import check_sde_sampler, euler_step, inference_schedule, predicted_x0, sde_step
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,14 @@ Generator = torch.Generator | list[torch.Generator] | None
 ImageInput = Image.Image | Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None
 StepCallback = Callable[["DeepGenPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]
 CALLBACK_TENSORS = ("latents", "velocity", "denoised")
+
+
+def _step_function(sampler: str, eta: float, generator: torch.Generator | None) -> Callable[..., torch.Tensor]:
+    """The per-step update, chosen once: Euler, or an SDE step whose sample is kept (its log-prob is unused)."""
+    if sampler == "euler":
+        return euler_step
+    check_sde_sampler(sampler)
+    return lambda latents, velocity, sigma, sigma_next: sde_step(sampler, velocity, latents, sigma, sigma_next, eta=eta, generator=generator).prev_latents
 
 
 @dataclass
@@ -143,6 +151,8 @@ class DeepGenPipeline:
 
     @property
     def vae_scale_factor(self) -> int:
+        if self.vae is None:  # hosts that encode/decode with their own VAE (ComfyUI): the SD3 VAE's factor
+            return 8
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -271,8 +281,17 @@ class DeepGenPipeline:
         shift: float | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        sampler: str = "euler",
+        eta: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Euler sampling; with `guidance_scale > 1` the DiT runs once per step on the [uncond ; cond] batch."""
+        """Denoise `latents`; with `guidance_scale > 1` the DiT runs once per step on the [uncond ; cond] batch.
+
+        `sampler` is 'euler' (deterministic, the reference's inference sampler) or one of `sampling.SDE_SAMPLERS`,
+        the stochastic steps of RL rollouts with noise level `eta`, drawn from `generator` (CPU generators give
+        the same result on any device).
+        """
+        step = _step_function(sampler, eta, generator)
         timesteps, sigmas = inference_schedule(self.scheduler, num_inference_steps, shift)
         timesteps = timesteps.to(self.device)
         do_cfg = guidance_scale > 1
@@ -302,7 +321,7 @@ class DeepGenPipeline:
                 available = {"latents": latents, "velocity": velocity}
                 if "denoised" in callback_on_step_end_tensor_inputs:
                     available["denoised"] = predicted_x0(latents, velocity, sigmas[i])
-            latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
+            latents = step(latents, velocity, sigmas[i], sigmas[i + 1])
             if callback_on_step_end is not None:
                 available["latents"] = latents
                 kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}

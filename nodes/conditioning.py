@@ -41,8 +41,8 @@ class DeepGenVLMEncode(io.ComfyNode):
                 *_resize_inputs(),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive", tooltip="Prompt conditioning (sequence + pooled_output)."),
-                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning, encoded in the same batch."),
+                io.Conditioning.Output("POSITIVE", display_name="positive", tooltip="Prompt conditioning (sequence + pooled_output)."),
+                io.Conditioning.Output("NEGATIVE", display_name="negative", tooltip="Negative conditioning, encoded in the same batch."),
             ],
         )
 
@@ -78,7 +78,7 @@ class DeepGenThinkTokens(io.ComfyNode):
                 io.Combo.Input("mode", options=["all", "first_n", "off"], default="all", tooltip="all: the trained behaviour; first_n: only the first `count` tokens; off: no think tokens."),
                 io.Int.Input("count", default=64, min=0, max=4096, tooltip="Tokens kept in first_n mode (DeepGen 1.0 has 128)."),
             ],
-            outputs=[DeepGenModelType.Output(display_name="model", tooltip="The model with the think-token setting.")],
+            outputs=[DeepGenModelType.Output("MODEL", display_name="model", tooltip="The model with the think-token setting.")],
         )
 
     @classmethod
@@ -104,8 +104,8 @@ class DeepGenReferenceLatent(io.ComfyNode):
                 *_resize_inputs(),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="conditioning"),
-                io.Latent.Output(display_name="latent", tooltip="An empty latent at the first reference's resized size: the reference's default output size for edits."),
+                io.Conditioning.Output("CONDITIONING", display_name="conditioning", tooltip="The input conditioning with the references appended under reference_latents."),
+                io.Latent.Output("LATENT", display_name="latent", tooltip="An empty latent at the first reference's resized size: the reference's default output size for edits."),
             ],
         )
 

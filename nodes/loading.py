@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -117,8 +118,6 @@ def load_vae(vae_name: str, model_path: Path, components: DeepGenComponents | No
 
 
 def _json(config) -> str:
-    import json
-
     return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")})
 
 
@@ -138,8 +137,8 @@ class DeepGenLoader(io.ComfyNode):
                 io.Combo.Input("attention", options=ATTENTION, default="auto", tooltip="VLM attention backend. auto: flash-attn when installed on a GPU, else PyTorch SDPA."),
             ],
             outputs=[
-                DeepGenModelType.Output(display_name="model", tooltip="VLM + SCB and DiT, managed by ComfyUI (Unload Models and low-VRAM modes apply)."),
-                io.Vae.Output(display_name="vae", tooltip="The SD3 VAE as a native VAE: use VAEDecode / VAEEncode with it."),
+                DeepGenModelType.Output("MODEL", display_name="model", tooltip="VLM + SCB and DiT, managed by ComfyUI (Unload Models and low-VRAM modes apply)."),
+                io.Vae.Output("VAE", display_name="vae", tooltip="The SD3 VAE as a native VAE: use VAEDecode / VAEEncode with it."),
             ],
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..deepgen_core.image_processing import channels_last_to_pil
-from ..deepgen_core.rewards.ocr import OCRReward
+from ..deepgen_core.rewards.ocr import OCRReward, extract_target_text
 from ._comfy import io, model_management
 
 
@@ -29,15 +29,13 @@ class DeepGenOCRReward(io.ComfyNode):
                 io.String.Input("target_text", multiline=False, default="", tooltip="The text that should appear. Quotes are optional: with quotes inside (e.g. a prompt), the quoted part is the target. Empty: images are not scored."),
             ],
             outputs=[
-                io.Float.Output(display_name="scores", is_output_list=True, tooltip="One score per image in 0..1 (1 - normalised edit distance); -1 where nothing was scored."),
-                io.String.Output(display_name="report", tooltip="Recognised text and score per image."),
+                io.Float.Output("SCORES", display_name="scores", is_output_list=True, tooltip="One score per image in 0..1 (1 - normalised edit distance); -1 where nothing was scored."),
+                io.String.Output("REPORT", display_name="report", tooltip="Recognised text and score per image."),
             ],
         )
 
     @classmethod
     def execute(cls, images, target_text: str) -> io.NodeOutput:
-        from ..deepgen_core.rewards.ocr import extract_target_text
-
         pils = channels_last_to_pil(images, name="images")
         target = extract_target_text(target_text) or target_text.strip() or None
         model_management.throw_exception_if_processing_interrupted()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from ..deepgen_core import sampling as core_sampling
 from ..deepgen_core.errors import DeepGenInputError
-from ..deepgen_core.latents import seeded_noise, to_model_space, to_vae_space
+from ..deepgen_core.latents import initial_noise, to_model_space, to_vae_space
 from ..deepgen_core.pipeline import PromptEmbeddings
+from ..deepgen_core.sampling import SDE_SAMPLERS
 from ._comfy import io, latent_formats, latent_preview, model_management, comfy_utils
 from .loading import DeepGenModelType
 from .model import activation_estimate
 
-SAMPLERS = ["euler", *getattr(core_sampling, "SDE_SAMPLERS", ())]
+SAMPLERS = ["euler", *SDE_SAMPLERS]
 
 
 def unpack_conditioning(conditioning, name: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -73,9 +73,9 @@ class DeepGenSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale; <= 1 skips the negative branch (half the DiT cost)."),
                 io.Float.Input("shift", default=3.0, min=0.1, max=20.0, step=0.1, round=0.01, tooltip="Timestep shift of the flow-matching schedule (SD3.5-M / DeepGen: 3.0)."),
                 io.Combo.Input("sampler", options=SAMPLERS, default="euler", tooltip="euler: deterministic, the reference's sampler. SDE samplers add noise each step (eta), as RL rollouts do."),
-                io.Float.Input("eta", default=0.7, min=0.0, max=2.0, step=0.05, tooltip="Noise level of the SDE samplers (ignored by euler)."),
+                io.Float.Input("eta", default=1.0, min=0.0, max=2.0, step=0.05, tooltip="Noise level of the SDE samplers (ignored by euler)."),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="Denoised latents in VAE space (decode with VAEDecode and the SD3 VAE).")],
+            outputs=[io.Latent.Output("LATENT", display_name="LATENT", tooltip="Denoised latents in VAE space (decode with VAEDecode and the SD3 VAE).")],
         )
 
     @classmethod
@@ -86,7 +86,7 @@ class DeepGenSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image: dict, seed: int, steps: int, cfg: float, shift: float,
-                sampler: str = "euler", eta: float = 0.7) -> io.NodeOutput:
+                sampler: str = "euler", eta: float = 1.0) -> io.NodeOutput:
         shape = tuple(latent_image["samples"].shape)
         dit = model.transformer.model.inner
         if len(shape) != 4 or shape[1] != dit.config.in_channels:
@@ -97,7 +97,8 @@ class DeepGenSampler(io.ComfyNode):
         batch = shape[0]
         pos_seq, pos_pooled, references = unpack_conditioning(positive, "positive")
         neg_seq, neg_pooled, _ = unpack_conditioning(negative, "negative")
-        noise = seeded_noise(shape, seed, latent_image.get("batch_index"))
+        generator = torch.Generator("cpu").manual_seed(seed)  # initial noise, then the SDE samplers' step noise
+        noise = initial_noise(shape, generator, latent_image.get("batch_index"))
         refs = reference_lists(references, batch)
         tokens = 2 * batch * (shape[2] * shape[3] // unit**2 * (1 + len(references)) + pos_seq.shape[1])
         pipe = model.pipeline(model.transformer, activation_estimate(tokens, dit.inner_dim, dit.dtype))
@@ -105,5 +106,8 @@ class DeepGenSampler(io.ComfyNode):
         embeds = PromptEmbeddings(*(_per_sample(t, batch, name).to(device, dtype) for t, name in (
             (pos_seq, "positive"), (pos_pooled, "positive"), (neg_seq, "negative"), (neg_pooled, "negative"))))
         refs = None if refs is None else [[r.to(device, dtype) for r in sample] for sample in refs]
-        latents = pipe.denoise(noise.to(device, dtype), embeds, refs, steps, cfg, shift, _progress(steps, device), ("latents", "denoised"))
+        latents = pipe.denoise(
+            noise.to(device, dtype), embeds, refs, steps, cfg, shift, _progress(steps, device), ("latents", "denoised"),
+            sampler=sampler, eta=eta, generator=generator,
+        )
         return io.NodeOutput({"samples": to_vae_space(latents.float()).to(model_management.intermediate_device())})

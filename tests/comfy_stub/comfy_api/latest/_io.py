@@ -145,7 +145,7 @@ class Schema:
     enable_expand: bool = False
 
     def validate(self) -> None:
-        ids = [i.id for i in self.inputs] + [o.id for o in self.outputs if o.id is not None]
+        ids = [i.id for i in self.inputs] + [o.id for o in self.outputs]
         if len(ids) != len(set(ids)):
             raise ValueError(f"duplicate input/output ids in {self.node_id}: {ids}")
 

@@ -1,0 +1,265 @@
+"""The ComfyUI node pack: schema contract and execution on the tiny model.
+
+Runs against the stand-in `tests/comfy_stub` (CI has no ComfyUI), or against a real ComfyUI checkout when
+`COMFYUI_DIR` is set (then ComfyUI's own `comfy_api`, `folder_paths`, ModelPatcher and VAE are used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from deepgen_core.latents import to_vae_space
+from deepgen_core.pipeline import DeepGenPipeline
+from deepgen_core.presets import sd3_vae, tiny_components
+
+REPO = Path(__file__).resolve().parent.parent
+STUB = Path(__file__).resolve().parent / "comfy_stub"
+REAL_COMFY = os.environ.get("COMFYUI_DIR")
+NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward"}
+
+
+@pytest.fixture(scope="module")
+def pack():
+    if REAL_COMFY:
+        sys.path.insert(0, REAL_COMFY)
+        from comfy.cli_args import args
+
+        args.cpu = True  # before comfy.model_management is imported (no GPU driver on CI machines)
+    else:
+        sys.path.insert(0, str(STUB))
+    spec = importlib.util.spec_from_file_location("deepgen_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["deepgen_pack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def comfy(pack):
+    import comfy.model_management
+    import folder_paths
+    import node_helpers
+
+    return type("Comfy", (), {"mm": comfy.model_management, "folder_paths": folder_paths, "node_helpers": node_helpers})
+
+
+@pytest.fixture(scope="module")
+def model_files(comfy, tmp_path_factory):
+    """The tiny model converted to safetensors (fp32) and placed in the deepgen / diffusion_models / vae folders.
+    Against real ComfyUI its VAE is an SD3-architecture one (ComfyUI's VAE loader knows no other layout)."""
+    root = tmp_path_factory.mktemp("models")
+    components = tiny_components(seed=0)
+    if REAL_COMFY:  # ComfyUI's VAE loader only knows the real SD3 VAE architecture: random weights at real size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            components.vae = sd3_vae().eval()
+    DeepGenPipeline.from_components(components).save_converted(root / "converted", dtype=None)
+    for key, name in (("deepgen", "encoder"), ("diffusion_models", "transformer"), ("vae", "vae")):
+        (root / key).mkdir()
+        shutil.copy(root / "converted" / f"deepgen-{name}.safetensors", root / key / f"tiny-{name}.safetensors")
+        comfy.folder_paths.add_model_folder_path(key, str(root / key))
+    shutil.copytree(root / "converted", root / "deepgen" / "tiny-folder")
+    return components
+
+
+@pytest.fixture(scope="module")
+def loaded(pack, model_files):
+    loader = pack.nodes.loading.DeepGenLoader
+    model, vae = loader.execute(model_name="tiny-encoder.safetensors", transformer_name="tiny-transformer.safetensors", vae_name="tiny-vae.safetensors", dtype="fp32").args
+    return model, vae
+
+
+def _nodes(pack) -> dict:
+    return {n.define_schema().node_id: n for n in asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())}
+
+
+def _encode(pack, model, prompt="a red circle", negative="", **kw):
+    return pack.nodes.conditioning.DeepGenVLMEncode.execute(model=model, prompt=prompt, negative_prompt=negative, **kw).args
+
+
+def _sample(pack, model, positive, negative, batch=1, size=(64, 64), seed=7, steps=3, cfg=4.0, **kw):
+    latent = {"samples": torch.zeros(batch, 16, size[1] // 8, size[0] // 8)} | kw.pop("latent_extra", {})
+    return pack.nodes.sampling.DeepGenSampler.execute(model=model, positive=positive, negative=negative, latent_image=latent, seed=seed, steps=steps, cfg=cfg, shift=3.0, **kw).args[0]
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+def test_entrypoint_lists_every_node_and_no_v1_mappings(pack):
+    assert set(_nodes(pack)) == NODE_IDS
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would ignore comfy_entrypoint
+
+
+def test_schema_contract(pack, model_files):
+    for node_id, node in _nodes(pack).items():
+        schema = node.define_schema()
+        schema.validate()
+        assert schema.category.startswith("DeepGen/") and schema.description and schema.display_name.startswith("DeepGen"), node_id
+        missing = [i.id for i in schema.inputs if not i.tooltip and i.id not in ("model", "image", "images", "conditioning", "vae")]
+        assert not missing, f"{node_id} inputs without tooltip: {missing}"
+        assert all(o.display_name and o.tooltip for o in schema.outputs), node_id
+
+
+def test_sampler_schema_defaults(pack):
+    inputs = {i.id: i for i in pack.nodes.sampling.DeepGenSampler.define_schema().inputs}
+    assert (inputs["steps"].default, inputs["cfg"].default, inputs["shift"].default) == (50, 4.0, 3.0)
+    assert inputs["seed"].control_after_generate is True
+    assert inputs["sampler"].options == ["euler", "cps_sde", "flowgrpo_sde", "dance_sde"]
+    assert inputs["model"].get_io_type() == "DEEPGEN_MODEL"
+    assert pack.nodes.sampling.DeepGenSampler.validate_inputs(sampler="ddim").startswith("sampler 'ddim'")
+    assert pack.nodes.sampling.DeepGenSampler.validate_inputs(sampler="euler") is True
+
+
+def test_loader_lists_files_and_folders_and_keeps_yaml_paths(pack, comfy, model_files, tmp_path):
+    inputs = {i.id: i for i in pack.nodes.loading.DeepGenLoader.define_schema().inputs}
+    assert "tiny-encoder.safetensors" in inputs["model_name"].options and "tiny-folder/" in inputs["model_name"].options
+    assert not any(o.startswith("tiny-folder/deepgen") for o in inputs["model_name"].options)
+    assert "tiny-transformer.safetensors" in inputs["transformer_name"].options
+    extra = str(tmp_path / "yaml-deepgen")
+    comfy.folder_paths.add_model_folder_path("deepgen", extra)  # as extra_model_paths.yaml does before packs load
+    pack.nodes.loading.register_folder()
+    paths, exts = comfy.folder_paths.folder_names_and_paths["deepgen"]
+    assert extra in paths and any(p.endswith(os.path.join("models", "deepgen")) for p in paths) and ".safetensors" in exts
+
+
+# ------------------------------------------------------------------------------------------------ execution
+
+
+def test_text_to_image_matches_the_pipeline_and_native_decode(pack, loaded, model_files):
+    model, vae = loaded
+    positive, negative = _encode(pack, model)
+    assert positive[0][0].shape[0] == 1 and positive[0][1]["pooled_output"].shape == (1, 40)
+    out = _sample(pack, model, positive, negative)
+    pipe = DeepGenPipeline.from_components(model_files)
+    ref = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="latent").latents
+    torch.testing.assert_close(out["samples"], to_vae_space(ref), atol=1e-5, rtol=1e-5)
+    ours = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    torch.testing.assert_close(vae.decode(out["samples"]), ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_edit_with_reference_latent_matches_the_pipeline(pack, loaded, model_files):
+    model, vae = loaded
+    image = torch.randint(0, 256, (1, 64, 96, 3), generator=torch.Generator().manual_seed(0)).float() / 255  # an 8-bit image, as LoadImage gives
+    pil = pack.deepgen_core.image_processing.channels_last_to_pil(image)[0]
+    positive, negative = _encode(pack, model, prompt="make it blue", image_1=image)
+    positive, latent = pack.nodes.conditioning.DeepGenReferenceLatent.execute(conditioning=positive, image=image, vae=vae).args
+    assert latent["samples"].shape == (1, 16, 8, 12)
+    out = _sample(pack, model, positive, negative, size=(96, 64))
+    pipe = DeepGenPipeline.from_components(model_files)
+    ref = pipe("make it blue", image=pil, num_inference_steps=3, generator=torch.Generator().manual_seed(7), reference_latent_mode="mode", output_type="latent").latents
+    torch.testing.assert_close(out["samples"], to_vae_space(ref), atol=1e-4, rtol=1e-4)
+    # the built-in ReferenceLatent (VAEEncode output appended under the same key) feeds the sampler identically
+    plain, _ = _encode(pack, model, prompt="make it blue", image_1=image)
+    builtin = pack.nodes.conditioning.node_helpers.conditioning_set_values(plain, {"reference_latents": [vae.encode(image)]}, append=True)
+    torch.testing.assert_close(_sample(pack, model, builtin, negative, size=(96, 64))["samples"], out["samples"], atol=1e-4, rtol=1e-4)
+
+
+def test_seeds_batches_and_samplers(pack, loaded):
+    model, _ = loaded
+    positive, negative = _encode(pack, model)
+    a, b = _sample(pack, model, positive, negative, seed=1), _sample(pack, model, positive, negative, seed=1)
+    assert torch.equal(a["samples"], b["samples"])
+    assert not torch.equal(a["samples"], _sample(pack, model, positive, negative, seed=2)["samples"])
+    pair = _sample(pack, model, positive, negative, batch=2, seed=1, latent_extra={"batch_index": [0, 1]})["samples"]
+    second = _sample(pack, model, positive, negative, batch=1, seed=1, latent_extra={"batch_index": [1]})["samples"]
+    torch.testing.assert_close(pair[1:], second, atol=1e-5, rtol=1e-5)
+    sde = [_sample(pack, model, positive, negative, seed=1, sampler="cps_sde", eta=1.0)["samples"] for _ in range(2)]
+    assert torch.equal(sde[0], sde[1]) and not torch.allclose(sde[0], a["samples"])
+
+
+def test_think_tokens_node_clones_and_changes_conditioning(pack, loaded):
+    model, _ = loaded
+    node = pack.nodes.conditioning.DeepGenThinkTokens
+    off = node.execute(model=model, mode="off", count=0).args[0]
+    four = node.execute(model=model, mode="first_n", count=4).args[0]
+    assert model.num_think_tokens is None and off.num_think_tokens == 0 and four.num_think_tokens == 4
+    full = _encode(pack, model)[0][0][0]
+    assert _encode(pack, off)[0][0][0].shape[1] == full.shape[1] - 16
+    assert _encode(pack, four)[0][0][0].shape[1] == full.shape[1] - 12
+    with pytest.raises(ValueError, match="exceeds the 16 think tokens"):
+        node.execute(model=model, mode="first_n", count=17)
+
+
+def test_loader_folder_layout_equals_file_layout(pack, loaded):
+    model, _ = loaded
+    folder_model, _ = pack.nodes.loading.DeepGenLoader.execute(model_name="tiny-folder/", transformer_name="(from model)", vae_name="(from model)", dtype="fp32").args
+    p, n = _encode(pack, model)
+    fp, fn = _encode(pack, folder_model)
+    assert torch.equal(p[0][0], fp[0][0])
+    assert torch.equal(_sample(pack, model, p, n)["samples"], _sample(pack, folder_model, fp, fn)["samples"])
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_bad_inputs_give_clear_errors(pack, loaded, comfy):
+    model, vae = loaded
+    positive, negative = _encode(pack, model)
+    sampler = pack.nodes.sampling.DeepGenSampler
+    with pytest.raises(ValueError, match="multiples of 16"):
+        sampler.execute(model=model, positive=positive, negative=negative, latent_image={"samples": torch.zeros(1, 16, 9, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
+    with pytest.raises(ValueError, match="EmptySD3LatentImage"):
+        sampler.execute(model=model, positive=positive, negative=negative, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
+    with pytest.raises(ValueError, match="pooled_output"):
+        sampler.execute(model=model, positive=[[positive[0][0], {}]], negative=negative, latent_image={"samples": torch.zeros(1, 16, 8, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
+    with pytest.raises(ValueError, match="empty batch"):
+        pack.nodes.conditioning.DeepGenReferenceLatent.execute(conditioning=positive, image=torch.zeros(0, 64, 64, 3), vae=vae)
+    wrong = type("SD15VAE", (), {"latent_channels": 4})()
+    with pytest.raises(ValueError, match="16 channels"):
+        pack.nodes.conditioning.DeepGenReferenceLatent.execute(conditioning=positive, image=torch.rand(1, 64, 64, 3), vae=wrong)
+    with pytest.raises(ValueError, match="not in any models/deepgen folder"):
+        pack.nodes.loading.DeepGenLoader.execute(model_name="missing.safetensors", transformer_name="(from model)", vae_name="(from model)")
+    with pytest.raises(ValueError, match="pick the DiT file"):
+        pack.nodes.loading.DeepGenLoader.execute(model_name="tiny-encoder.safetensors", transformer_name="(from model)", vae_name="tiny-vae.safetensors")
+
+
+def test_cancel_during_sampling_stops_within_a_step_and_the_model_still_works(pack, loaded, comfy):
+    model, _ = loaded
+    positive, negative = _encode(pack, model)
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 2:
+            comfy.mm.interrupt_current_processing(True)
+
+    import comfy.utils as comfy_utils
+
+    previous = comfy_utils.PROGRESS_BAR_HOOK
+    comfy_utils.PROGRESS_BAR_HOOK = hook
+    try:
+        with pytest.raises(comfy.mm.InterruptProcessingException):
+            _sample(pack, model, positive, negative, steps=10)
+    finally:
+        comfy_utils.PROGRESS_BAR_HOOK = previous
+        comfy.mm.interrupt_current_processing(False)
+    assert seen == [1, 2]
+    assert _sample(pack, model, positive, negative)["samples"].isfinite().all()
+
+
+# ------------------------------------------------------------------------------------------------ OCR
+
+
+def _text_image(text: str) -> torch.Tensor:
+    image = Image.new("RGB", (320, 96), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", 48) if Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf").exists() else ImageFont.load_default(size=48)
+    ImageDraw.Draw(image).text((16, 20), text, fill="black", font=font)
+    return torch.from_numpy(__import__("numpy").asarray(image).copy()).float()[None] / 255
+
+
+def test_ocr_reward_node_scores_rendered_text(pack):
+    images = torch.cat([_text_image("HELLO"), torch.ones(1, 96, 320, 3)])
+    scores, report = pack.nodes.rewards.DeepGenOCRReward.execute(images=images, target_text='a sign that says "HELLO"').args
+    assert scores[0] == pytest.approx(1.0) and scores[1] < 0.5
+    assert "'HELLO'" in report and report.count("image ") == 2
+    unscored, _ = pack.nodes.rewards.DeepGenOCRReward.execute(images=images[:1], target_text="").args
+    assert unscored == [-1.0]
