@@ -3,15 +3,12 @@
 Imported only when ComfyUI loads the pack; `deepgen_core` never imports this module.
 """
 
-import comfy.latent_formats as latent_formats
-import comfy.model_management as model_management
-import comfy.model_patcher as model_patcher
-import comfy.ops as ops
 import comfy.sd as comfy_sd
 import comfy.utils as comfy_utils
 import folder_paths
 import latent_preview
 import node_helpers
+from comfy import latent_formats, model_management, model_patcher, ops
 from comfy_api.latest import ComfyExtension, io, ui
 
 __all__ = [

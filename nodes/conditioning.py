@@ -6,7 +6,11 @@ import torch
 
 from ..deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT
 from ..deepgen_core.errors import DeepGenInputError
-from ..deepgen_core.image_processing import channels_last_to_pil, prepare_reference, to_channels_last
+from ..deepgen_core.image_processing import (
+    channels_last_to_pil,
+    prepare_reference,
+    to_channels_last,
+)
 from ._comfy import io, model_management, node_helpers
 from .loading import DeepGenModelType
 from .model import activation_estimate

@@ -8,7 +8,7 @@ from ..deepgen_core.errors import DeepGenInputError
 from ..deepgen_core.latents import initial_noise, to_model_space, to_vae_space
 from ..deepgen_core.pipeline import PromptEmbeddings
 from ..deepgen_core.sampling import SDE_SAMPLERS
-from ._comfy import io, latent_formats, latent_preview, model_management, comfy_utils
+from ._comfy import comfy_utils, io, latent_formats, latent_preview, model_management
 from .loading import DeepGenModelType
 from .model import activation_estimate
 

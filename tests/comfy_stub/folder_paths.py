@@ -16,7 +16,7 @@ _output_directory = os.path.join(base_path, "output")
 
 
 def add_model_folder_path(folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
-    paths, exts = folder_names_and_paths.setdefault(folder_name, ([], set()))
+    paths = folder_names_and_paths.setdefault(folder_name, ([], set()))[0]
     if full_folder_path in paths:
         return
     if is_default:

@@ -1,3 +1,4 @@
+
 """Stand-in for `comfy.model_patcher.ModelPatcher`: owns a module, its devices and callbacks; `clone` shares it."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ class CastWeightBiasOp:
     bias_function = []  # noqa: RUF012
 
 
-class disable_weight_init:  # noqa: N801 - ComfyUI's name
+class disable_weight_init:
     class Linear(torch.nn.Linear, CastWeightBiasOp):
         pass
 

@@ -1,3 +1,4 @@
+
 """Stand-in for `comfy.sd.VAE`: a diffusers AutoencoderKL behind ComfyUI's VAE interface (IMAGE in, raw latents
 out and back). Real ComfyUI detects the architecture from the weights; the stand-in reads the DeepGen metadata."""
 

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF013 - the signatures mirror ComfyUI's (implicit Optional defaults)
 """Stand-in for `comfy_api.latest._io`: schema objects with the real constructor signatures (the subset the pack
 uses) and `as_dict` output shaped like `/object_info` entries."""
 
