@@ -32,7 +32,7 @@ def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
     device = device or torch.device("cpu")
     if str(ckpt).endswith((".safetensors", ".sft")):
         with safetensors.safe_open(ckpt, framework="pt", device=str(device)) as f:
-            state, metadata = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict, f.metadata()
+            state, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - safe_open is no dict
     else:
         state, metadata = torch.load(ckpt, map_location=device, weights_only=True), None
     return (state, metadata) if return_metadata else state
