@@ -36,11 +36,14 @@ def pack():
         args.cpu = True  # before comfy.model_management is imported (no GPU driver on CI machines)
     else:
         sys.path.insert(0, str(STUB))
-    spec = importlib.util.spec_from_file_location("deepgen_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deepgen_pack"] = module
-    spec.loader.exec_module(module)
-    return module
+    if "deepgen_pack" not in sys.modules:  # imported the way ComfyUI does: the folder as a package, by path
+        spec = importlib.util.spec_from_file_location("deepgen_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["deepgen_pack"] = module
+        spec.loader.exec_module(module)
+    importlib.import_module("deepgen_pack.nodes")
+    importlib.import_module("deepgen_pack.deepgen_core.image_processing")
+    return sys.modules["deepgen_pack"]
 
 
 @pytest.fixture(scope="module")

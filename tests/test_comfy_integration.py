@@ -1,0 +1,118 @@
+"""Opt-in: the pack inside a real headless ComfyUI server (set COMFYUI_DIR to a ComfyUI checkout; COMFY_PYTHON to
+a Python that runs it, default this one). Drives it with `shared/tools/comfy/run_workflow.py`: node registration,
+every API workflow of `workflows/api/` on the tiny model placed in model folders, caching, interrupt, and errors
+that leave the server usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from deepgen_core.pipeline import DeepGenPipeline
+from deepgen_core.presets import sd3_vae, tiny_components
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO.parent / "shared" / "tools" / "comfy" / "run_workflow.py"
+COMFY = os.environ.get("COMFYUI_DIR")
+NODES = "DeepGenLoader,DeepGenVLMEncode,DeepGenThinkTokens,DeepGenReferenceLatent,DeepGenSampler,DeepGenOCRReward"
+
+pytestmark = pytest.mark.skipif(not COMFY or not RUNNER.is_file(), reason="set COMFYUI_DIR to a ComfyUI checkout (and have shared/tools/comfy)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy")
+    components = tiny_components(seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        components.vae = sd3_vae().eval()  # ComfyUI's VAE loader knows only the real SD3 VAE layout
+    DeepGenPipeline.from_components(components).save_converted(root / "converted", dtype=None)
+    paths = []
+    for key, name in (("deepgen", "encoder"), ("diffusion_models", "transformer"), ("vae", "vae")):
+        (root / key).mkdir()
+        shutil.copy(root / "converted" / f"deepgen-{name}.safetensors", root / key)
+        paths += ["--model-path", f"{key}={root / key}"]
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(root / "example.png")
+    return root, paths
+
+
+def _workflow(root: Path, name: str, **overrides) -> Path:
+    """An API workflow with small sizes and few steps; overrides: {class_type: {input: value}}."""
+    graph = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    small = {"DeepGenSampler": {"steps": 4}, "EmptySD3LatentImage": {"width": 128, "height": 128, "batch_size": 1}}
+    for node in graph.values():
+        for table in (small, overrides):
+            node["inputs"].update(table.get(node["class_type"], {}))
+    path = root / f"{name}-{len(list(root.glob(name + '*.json')))}.json"
+    path.write_text(json.dumps(graph))
+    return path
+
+
+def _run(root: Path, workflows: list[Path], *extra: str) -> tuple[int, dict]:
+    out = root / f"summary-{len(list(root.glob('summary-*')))}.json"
+    cmd = [sys.executable, str(RUNNER), *map(str, workflows), "--json-out", str(out), *extra]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    return proc.returncode, json.loads(out.read_text())
+
+
+def test_pack_in_real_comfyui(setup):
+    root, model_paths = setup
+    port = _free_port()
+    python = os.environ.get("COMFY_PYTHON", sys.executable)
+    start = ["--comfy-dir", COMFY, "--python", python, "--port", str(port), "--custom-nodes", str(REPO), "--require-nodes", NODES,
+             "--input-file", str(root / "example.png"), "--keep-server", "--fetch-images", str(root / "images"), *model_paths]
+    names = ["deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr"]
+    code, summary = _run(root, [_workflow(root, n) for n in names], *start)
+    assert "pid" in summary["server"], f"ComfyUI did not start (exit {code})"
+    pid = summary["server"]["pid"]
+    try:
+        assert code == 0, summary
+        # ComfyUI's own audio extras fail without torchaudio; no custom pack (ours) may fail
+        assert not [line for line in summary["server"]["import_failed"] if "custom_nodes" in line]
+        for result in summary["workflows"].values():
+            assert result["status"]["status_str"] == "success"
+        images = sorted((root / "images").rglob("*.png"))
+        assert len(images) >= 4 and all(Image.open(p).size in ((128, 128), (96, 64)) for p in images)
+        ocr = next(r for p, r in summary["workflows"].items() if "ocr" in p)
+        report = json.dumps(ocr["outputs"])
+        assert "target: 'OPEN'" in report and "score" in report
+
+        server = ["--server", f"http://127.0.0.1:{port}"]
+        t2i = _workflow(root, "deepgen_text_to_image")
+        first = _run(root, [t2i], *server)
+        again = _run(root, [t2i], *server)  # identical prompt: everything cached
+        assert first[0] == again[0] == 0
+        messages = next(iter(again[1]["workflows"].values()))["status"]["messages"]
+        cached = [data["nodes"] for event, data in messages if event == "execution_cached"]
+        assert cached and set(cached[0]) >= {"1", "2", "3", "4", "5", "6"}
+
+        long_run = _workflow(root, "deepgen_text_to_image", DeepGenSampler={"steps": 5000, "seed": 1})
+        code, result = _run(root, [long_run], *server, "--timeout", "10")
+        assert code == 4 and next(iter(result["workflows"].values())).get("interrupted_after_timeout") is True
+
+        bad_size = _workflow(root, "deepgen_text_to_image", EmptySD3LatentImage={"width": 136, "height": 128, "batch_size": 1})
+        code, result = _run(root, [bad_size], *server, "--expect", "error")
+        assert code == 0 and "multiples of 16" in json.dumps(result)
+        missing = _workflow(root, "deepgen_text_to_image", DeepGenLoader={"model_name": "nope.safetensors"})
+        code, result = _run(root, [missing], *server, "--expect", "error")
+        assert code == 0 and "not in any models/deepgen folder" in json.dumps(result)
+        assert _run(root, [_workflow(root, "deepgen_text_to_image", DeepGenSampler={"seed": 3})], *server)[0] == 0  # still usable
+    finally:
+        os.kill(pid, signal.SIGTERM)

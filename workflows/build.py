@@ -1,0 +1,167 @@
+"""Writes the pack's workflow templates: UI format in `workflows/` (ComfyUI lists these) and API-format twins in
+`workflows/api/` (for headless queues and the integration test). Run `python workflows/build.py` after changing
+a node's inputs; `tests/test_workflows.py` fails when the files are out of date.
+
+Widget order comes from the DeepGen nodes' own schemas (read through the test stand-in for ComfyUI), so the
+positional `widgets_values` always match `/object_info`'s `input_order`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = {"model_name": "deepgen-encoder.safetensors", "transformer_name": "deepgen-transformer.safetensors", "vae_name": "deepgen-vae.safetensors", "dtype": "auto", "attention": "auto"}
+SAMPLING = {"seed": 42, "steps": 50, "cfg": 4.0, "shift": 3.0, "sampler": "euler", "eta": 1.0}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# Built-in ComfyUI nodes used by the templates: (inputs [(name, type)], widgets, outputs [(name, type)]).
+NATIVE = {
+    "EmptySD3LatentImage": ([], ["width", "height", "batch_size"], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+    "LoadImage": ([], ["image", "upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "PreviewAny": ([("source", "*")], [], []),
+}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    title: str | None = None
+
+
+def _schemas() -> dict:
+    if "deepgen_pack" not in sys.modules:
+        sys.path.append(str(REPO / "tests" / "comfy_stub"))  # after a real ComfyUI, if one is on the path
+        spec = importlib.util.spec_from_file_location("deepgen_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["deepgen_pack"] = module
+        spec.loader.exec_module(module)
+    from deepgen_pack.nodes import NODES
+
+    out = {}
+    for node in NODES:
+        schema = node.define_schema()
+        ordered = [i for i in schema.inputs if not i.optional] + [i for i in schema.inputs if i.optional]
+        sockets = [(i.id, i.get_io_type()) for i in ordered]
+        widgets = [i.id for i in ordered if i.get_io_type() in WIDGET_TYPES]
+        outputs = [(o.display_name, o.get_io_type()) for o in schema.outputs]
+        out[schema.node_id] = (sockets, widgets, outputs, {i.id: i for i in ordered})
+    return out
+
+
+def _widget_values(spec: tuple, node: Node) -> list:
+    values = []
+    defaults = spec[3] if len(spec) > 3 else {}
+    for name in spec[1]:
+        value = node.widgets.get(name, getattr(defaults.get(name), "default", None))
+        values.append(value)
+        if name == "seed" or (name in defaults and getattr(defaults[name], "control_after_generate", False)):
+            values.append("fixed")  # the frontend stores control_after_generate right after the seed
+    return values
+
+
+def to_api(nodes: list[Node], specs: dict) -> dict:
+    api = {}
+    for node in nodes:
+        spec = specs[node.type]
+        inputs = {name: node.widgets.get(name, getattr(spec[3].get(name), "default", None) if len(spec) > 3 else None) for name in spec[1] if name != "upload"}
+        inputs.update({name: [str(src), slot] for name, (src, slot) in node.links.items()})
+        api[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
+    return api
+
+
+def to_ui(nodes: list[Node], specs: dict) -> dict:
+    links, ui_nodes = [], []
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    for node in nodes:
+        for name, (src, slot) in node.links.items():
+            link_id = len(links) + 1
+            socket_type = dict(specs[node.type][0])[name]
+            links.append([link_id, src, slot, node.id, [n for n, _ in specs[node.type][0]].index(name), socket_type])
+            outgoing.setdefault((src, slot), []).append(link_id)
+    by_input = {(link[3], link[4]): link[0] for link in links}
+    for order, node in enumerate(nodes):
+        sockets, _, outputs = specs[node.type][:3]
+        inputs = []
+        for index, (name, kind) in enumerate(sockets):
+            if kind in WIDGET_TYPES:
+                continue
+            inputs.append({"name": name, "type": kind, "link": by_input.get((node.id, index))})
+        ui_nodes.append({
+            "id": node.id, "type": node.type, "pos": [40 + 340 * order, 80 + 60 * (order % 2)], "size": [315, 130], "flags": {}, "order": order,
+            "mode": 0, "inputs": inputs,
+            "outputs": [{"name": n, "type": t, "links": outgoing.get((node.id, s), []), "slot_index": s} for s, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": node.type}, "widgets_values": _widget_values(specs[node.type], node),
+            **({"title": node.title} if node.title else {}),
+        })
+    return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def templates() -> dict[str, list[Node]]:
+    loader = Node(1, "DeepGenLoader", MODEL)
+    t2i = [
+        loader,
+        Node(2, "DeepGenVLMEncode", {"prompt": "a red circle on a blue background", "negative_prompt": ""}, {"model": (1, 0)}),
+        Node(3, "EmptySD3LatentImage", {"width": 512, "height": 512, "batch_size": 1}),
+        Node(4, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (2, 0), "negative": (2, 1), "latent_image": (3, 0)}),
+        Node(5, "VAEDecode", {}, {"samples": (4, 0), "vae": (1, 1)}),
+        Node(6, "SaveImage", {"filename_prefix": "deepgen_t2i"}, {"images": (5, 0)}),
+    ]
+    edit = [
+        loader,
+        Node(2, "LoadImage", {"image": "example.png", "upload": "image"}),
+        Node(3, "DeepGenVLMEncode", {"prompt": "make the circle green", "negative_prompt": ""}, {"model": (1, 0), "image_1": (2, 0)}),
+        Node(4, "DeepGenReferenceLatent", {}, {"conditioning": (3, 0), "image": (2, 0), "vae": (1, 1)}),
+        Node(5, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (4, 0), "negative": (3, 1), "latent_image": (4, 1)}),
+        Node(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 1)}),
+        Node(7, "SaveImage", {"filename_prefix": "deepgen_edit"}, {"images": (6, 0)}),
+    ]
+    multi = [
+        loader,
+        Node(2, "LoadImage", {"image": "example.png", "upload": "image"}, title="Load Image (subject)"),
+        Node(3, "LoadImage", {"image": "example.png", "upload": "image"}, title="Load Image (style)"),
+        Node(4, "DeepGenVLMEncode", {"prompt": "put the object of image 1 in the scene of image 2", "negative_prompt": ""}, {"model": (1, 0), "image_1": (2, 0), "image_2": (3, 0)}),
+        Node(5, "DeepGenReferenceLatent", {}, {"conditioning": (4, 0), "image": (2, 0), "vae": (1, 1)}),
+        Node(6, "DeepGenReferenceLatent", {}, {"conditioning": (5, 0), "image": (3, 0), "vae": (1, 1)}),
+        Node(7, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (6, 0), "negative": (4, 1), "latent_image": (5, 1)}),
+        Node(8, "VAEDecode", {}, {"samples": (7, 0), "vae": (1, 1)}),
+        Node(9, "SaveImage", {"filename_prefix": "deepgen_multi_edit"}, {"images": (8, 0)}),
+    ]
+    ocr = [
+        loader,
+        Node(2, "DeepGenVLMEncode", {"prompt": 'a shop sign that says "OPEN"', "negative_prompt": ""}, {"model": (1, 0)}),
+        Node(3, "EmptySD3LatentImage", {"width": 512, "height": 512, "batch_size": 2}),
+        Node(4, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (2, 0), "negative": (2, 1), "latent_image": (3, 0)}),
+        Node(5, "VAEDecode", {}, {"samples": (4, 0), "vae": (1, 1)}),
+        Node(6, "SaveImage", {"filename_prefix": "deepgen_text"}, {"images": (5, 0)}),
+        Node(7, "DeepGenOCRReward", {"target_text": 'a shop sign that says "OPEN"'}, {"images": (5, 0)}),
+        Node(8, "PreviewAny", {}, {"source": (7, 1)}, title="OCR report"),
+    ]
+    return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr}
+
+
+def render() -> dict[Path, str]:
+    """Every template file's path -> its JSON text."""
+    specs = {**NATIVE, **_schemas()}
+    files = {}
+    for name, nodes in templates().items():
+        files[REPO / "workflows" / f"{name}.json"] = json.dumps(to_ui(nodes, specs), indent=1) + "\n"
+        files[REPO / "workflows" / "api" / f"{name}.json"] = json.dumps(to_api(nodes, specs), indent=1) + "\n"
+    return files
+
+
+if __name__ == "__main__":
+    for path, text in render().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path.relative_to(REPO))
