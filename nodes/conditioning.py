@@ -78,7 +78,7 @@ class DeepGenThinkTokens(io.ComfyNode):
             category="DeepGen/conditioning",
             description="Returns a copy of the model that appends fewer (or none) of its learned think tokens, for inspection and ablation. Weights are shared; the input model is unchanged. Without this node all trained think tokens are used.",
             inputs=[
-                DeepGenModelType.Input("model"),
+                DeepGenModelType.Input("model", tooltip="The model to copy with the new setting (not changed itself)."),
                 io.Combo.Input("mode", options=["all", "first_n", "off"], default="all", tooltip="all: the trained behaviour; first_n: only the first `count` tokens; off: no think tokens."),
                 io.Int.Input("count", default=64, min=0, max=4096, tooltip="Tokens kept in first_n mode (DeepGen 1.0 has 128)."),
             ],

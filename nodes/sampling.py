@@ -64,7 +64,7 @@ class DeepGenSampler(io.ComfyNode):
             category="DeepGen/sampling",
             description="Flow-matching sampling with DeepGen's DiT exactly as the reference does it (CFG with the references on both branches). Returns a LATENT in VAE space for the native VAEDecode.",
             inputs=[
-                DeepGenModelType.Input("model"),
+                DeepGenModelType.Input("model", tooltip="From DeepGen Loader: its DiT is loaded to the GPU for sampling (about 4.5 GB in bf16)."),
                 io.Conditioning.Input("positive", tooltip="From DeepGen VLM Encode, optionally through DeepGen Reference Latent / ReferenceLatent."),
                 io.Conditioning.Input("negative", tooltip="From DeepGen VLM Encode. References are taken from `positive` for both branches."),
                 io.Latent.Input("latent_image", tooltip="Gives the size and batch (e.g. EmptySD3LatentImage, width/height multiples of 16); its content is not used."),

@@ -107,7 +107,7 @@ def test_schema_contract(pack, model_files):
         schema = node.define_schema()
         schema.validate()
         assert schema.category.startswith("DeepGen/") and schema.description and schema.display_name.startswith("DeepGen"), node_id
-        missing = [i.id for i in schema.inputs if not i.tooltip and i.id not in ("model", "image", "images", "conditioning", "vae")]
+        missing = [i.id for i in schema.inputs if not i.tooltip]
         assert not missing, f"{node_id} inputs without tooltip: {missing}"
         assert all(o.display_name and o.tooltip for o in schema.outputs), node_id
 
