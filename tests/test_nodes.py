@@ -266,3 +266,27 @@ def test_ocr_reward_node_scores_rendered_text(pack):
     assert "'HELLO'" in report and report.count("image ") == 2
     unscored, _ = pack.nodes.rewards.DeepGenOCRReward.execute(images=images[:1], target_text="").args
     assert unscored == [-1.0]
+
+
+@pytest.mark.skipif(not REAL_COMFY, reason="partial loading is ComfyUI's own ModelPatcher code (set COMFYUI_DIR)")
+def test_partial_load_streams_weights_and_keeps_outputs(pack, loaded, comfy):
+    """What --lowvram/--novram do: the patcher loads with a tiny weight budget, so every comfy.ops layer casts its
+    weights per call and our ON_LOAD callback places the tensors it cannot stream. Outputs must not change."""
+    model, _ = loaded
+    positive, negative = _encode(pack, model)
+    full = _sample(pack, model, positive, negative)
+    patcher = model.transformer
+    comfy.mm.unload_all_models()
+    patcher.patch_model(device_to=patcher.load_device, lowvram_model_memory=1, load_weights=True)
+    try:
+        assert patcher.model.model_lowvram
+        streamed = [m for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert len(streamed) >= 20  # every Linear / Conv2d / LayerNorm of the DiT
+        pipe = DeepGenPipeline(model.tokenizer, model.encoder.model.inner, patcher.model.inner, None, model.scheduler)
+        dtype = pipe.dtype
+        embeds = pack.deepgen_core.pipeline.PromptEmbeddings(positive[0][0].to(dtype), positive[0][1]["pooled_output"].to(dtype), negative[0][0].to(dtype), negative[0][1]["pooled_output"].to(dtype))
+        noise = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(7))
+        latents = pipe.denoise(noise, embeds, None, 3, 4.0, 3.0)
+        torch.testing.assert_close(to_vae_space(latents), full["samples"], atol=1e-5, rtol=1e-5)
+    finally:
+        patcher.unpatch_model(patcher.offload_device)
