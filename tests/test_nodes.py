@@ -249,6 +249,17 @@ def test_cancel_during_sampling_stops_within_a_step_and_the_model_still_works(pa
     assert _sample(pack, model, positive, negative)["samples"].isfinite().all()
 
 
+
+def test_cancel_before_encoding_raises_and_the_next_encode_works(pack, loaded, comfy):
+    model, _ = loaded
+    comfy.mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.mm.InterruptProcessingException):
+            _encode(pack, model)
+    finally:
+        comfy.mm.interrupt_current_processing(False)
+    assert _encode(pack, model)[0][0][0].isfinite().all()
+
 # ------------------------------------------------------------------------------------------------ OCR
 
 
