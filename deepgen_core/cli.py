@@ -1,4 +1,4 @@
-"""`deepgen` command line: `generate` (text-to-image / edit) and `convert` (release -> safetensors layout)."""
+"""`deepgen` command line: `generate` (text-to-image / edit), `convert` (release -> safetensors layout), `train`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(conv, required=True)
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CheckpointError, DeepGenInputError
 
     try:
+        if args.command == "train":
+            from .train.cli import run_train
+
+            return run_train(args)
         return _generate(args) if args.command == "generate" else _convert(args)
     except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)
