@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import DeepGenInputError
 from ...sampling import check_sde_sampler
+from ..config import DataConfig, DistributedConfig, ModelConfig, OptimConfig, parse_overrides
+from ..config import _deep_merge, _yaml  # the shared recipe reader (YAML 1.1 floats like 1e-4)
 from .advantages import ADVANTAGES
 
 
@@ -24,15 +24,6 @@ def _help(default: Any, text: str, factory: Any = None) -> Any:
     if factory is not None:
         return field(default_factory=factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
-
-
-@dataclass
-class RLModelConfig:
-    source: str = _help("tiny", "'tiny' (embedded toy model with random weights) or a converted DeepGen folder / DeepGen checkpoint (the SFT model)")
-    vlm: str | None = _help(None, "Qwen2.5-VL-3B-Instruct folder (release checkpoints only)")
-    diffusion: str | None = _help(None, "UniPic2-SD3.5M-Kontext folder (release checkpoints only)")
-    tiny_seed: int = _help(0, "seed of the random weights of source='tiny'")
-    gradient_checkpointing: bool = _help(True, "recompute DiT activations in backward (reference: on)")
 
 
 @dataclass
@@ -61,9 +52,7 @@ class PolicyConfig:
     reference_stepping: bool = _help(False, "reproduce the reference's optimizer step after EVERY micro-batch backward and after the SFT backward (§6.9, §9.12); default: one step per rollout batch")
     sft_coef: float = _help(1e-4, "lambda of the convex mix (1 - lambda) GRPO + lambda SFT (0 disables the auxiliary loss)")
     sft_every: int = _help(1, "auxiliary SFT loss every N steps")
-    sft_data: str | None = _help(None, "JSONL of {'image': path, 'caption': str} (paths relative to the file) for the auxiliary SFT loss")
-    sft_micro_batch_size: int = _help(32, "images per auxiliary SFT batch")
-    sft_prompt_dropout: float = _help(0.1, "caption dropout of the SFT loss (stage-2 objective)")
+    sft_micro_batch_size: int = _help(32, "images per auxiliary SFT batch (data in the `sft` section, text-to-image sources)")
 
 
 @dataclass
@@ -72,19 +61,6 @@ class RLRewardsConfig:
     prompts: list[str] = _help(None, "inline prompts (used with `weights` when no datasets YAML is given)", factory=list)
     weights: dict[str, float] = _help(None, "reward -> weight for inline prompts", factory=dict)
     options: dict[str, dict] = _help(None, "reward -> constructor options, e.g. {clip_sim: {path: /models/clip}}; {url: ...} makes it an HTTP client of `deepgen reward-server`", factory=dict)
-
-
-@dataclass
-class RLOptimConfig:
-    lr: float = _help(2e-6, "learning rate")
-    betas: tuple[float, float] = _help((0.9, 0.999), "AdamW betas (HF defaults, as DeepSpeed 'auto')")
-    weight_decay: float = _help(0.0, "AdamW weight decay")
-    eps: float = _help(1e-8, "AdamW epsilon")
-    grad_clip: float = _help(1.0, "max gradient norm (0 disables)")
-    warmup_steps: int = _help(20, "linear warm-up (constant_with_warmup), in optimizer steps")
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
 
 
 @dataclass
@@ -97,25 +73,33 @@ class RLRunConfig:
     resume: str = _help("auto", "'auto' (latest complete checkpoint), 'never', or a checkpoint folder")
     log_every: int = _help(1, "average and log metrics every N steps")
     save_images_every: int = _help(1, "save the first group's rollout grid with rewards every N steps (0: never)")
-    deepspeed_config: str | None = _help(None, "DeepSpeed JSON (e.g. train/accelerate/zero2.json); None: DDP / one process")
-    mixed_precision: str = _help("bf16", "'bf16' or 'no'")
     tensorboard: bool = _help(True, "TensorBoard scalars under output_dir/tensorboard")
+
+
+def rl_optim() -> OptimConfig:
+    """Reference RL optimiser (§6.10): AdamW lr 2e-6, HF betas, no decay, constant LR after a 20-step linear warm-up
+    from 0 (the shared warm-up + cosine schedule with a floor of 1 is exactly constant_with_warmup)."""
+    return OptimConfig(lr=2e-6, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-8, grad_clip=1.0, warmup_steps=20,
+                       warmup_start_factor=0.0, min_lr_ratio=1.0)
 
 
 @dataclass
 class RLConfig:
-    model: RLModelConfig = _help(None, "policy model", factory=RLModelConfig)
+    model: ModelConfig = _help(None, "policy model: the SFT DeepGen (converted folder or checkpoint), or 'tiny'", factory=lambda: ModelConfig(gradient_checkpointing=True))
     rollout: RLRolloutConfig = _help(None, "rollouts", factory=RLRolloutConfig)
     policy: PolicyConfig = _help(None, "policy objective", factory=PolicyConfig)
     rewards: RLRewardsConfig = _help(None, "rewards and prompts", factory=RLRewardsConfig)
-    optim: RLOptimConfig = _help(None, "optimizer", factory=RLOptimConfig)
+    sft: DataConfig = _help(None, "data of the auxiliary SFT loss (text-to-image sources; stage-2 formats)", factory=DataConfig)
+    optim: OptimConfig = _help(None, "optimizer and schedule (RL defaults)", factory=rl_optim)
+    distributed: DistributedConfig = _help(None, "accelerate / DeepSpeed", factory=DistributedConfig)
     run: RLRunConfig = _help(None, "run, checkpoints, logging", factory=RLRunConfig)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, dict):
-                setattr(self, f.name, _from_dict(_SECTIONS[f.name], value, f.name))
+                defaults = _DEFAULTS[f.name]() if f.name in _DEFAULTS else {}
+                setattr(self, f.name, _from_dict(_SECTIONS[f.name], {**defaults, **value}, f.name))
         self._validate()
 
     def _validate(self) -> None:
@@ -133,12 +117,14 @@ class RLConfig:
             raise DeepGenInputError(f"policy.advantage_scope must be 'global' or 'per_rank', got {p.advantage_scope!r}.")
         if not 0 <= p.sft_coef < 1:
             raise DeepGenInputError(f"policy.sft_coef must be in [0, 1), got {p.sft_coef}.")
-        if p.sft_coef > 0 and p.sft_data is None:
-            raise DeepGenInputError("policy.sft_coef > 0 needs policy.sft_data (a JSONL of image/caption pairs); or set policy.sft_coef: 0.")
+        if p.sft_coef > 0 and not self.sft.sources:
+            raise DeepGenInputError("policy.sft_coef > 0 needs sft.sources (text-to-image data for the auxiliary loss); or set policy.sft_coef: 0.")
+        if any(src.task != "text2image" for src in self.sft.sources):
+            raise DeepGenInputError("sft.sources must all be text-to-image: RL trains text-to-image only (§6.1).")
         if self.rewards.datasets is None and not (self.rewards.prompts and self.rewards.weights):
             raise DeepGenInputError("give rewards.datasets (a prompt/reward YAML) or both rewards.prompts and rewards.weights.")
-        if self.run.mixed_precision not in ("bf16", "no"):
-            raise DeepGenInputError(f"run.mixed_precision must be 'bf16' or 'no', got {self.run.mixed_precision!r}.")
+        if self.distributed.mixed_precision not in ("bf16", "no"):
+            raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
 
     @property
     def images_per_step(self) -> int:
@@ -148,8 +134,9 @@ class RLConfig:
         return json.dumps(dataclasses.asdict(self), indent=1, default=str)
 
 
-_SECTIONS = {"model": RLModelConfig, "rollout": RLRolloutConfig, "policy": PolicyConfig, "rewards": RLRewardsConfig,
-             "optim": RLOptimConfig, "run": RLRunConfig}
+_SECTIONS = {"model": ModelConfig, "rollout": RLRolloutConfig, "policy": PolicyConfig, "rewards": RLRewardsConfig,
+             "sft": DataConfig, "optim": OptimConfig, "distributed": DistributedConfig, "run": RLRunConfig}
+_DEFAULTS = {"optim": lambda: dataclasses.asdict(rl_optim()), "model": lambda: {"gradient_checkpointing": True}}
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -160,20 +147,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**data)
 
 
-def _set_override(tree: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise DeepGenInputError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=1e-5).")
-    key, value = item.split("=", 1)
-    *parents, leaf = key.strip().split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[leaf] = yaml.safe_load(value)
-
-
 def load_rl_config(recipe: str | Path | None, overrides: list[str] = ()) -> RLConfig:
     """Read a YAML recipe, apply `key.sub=value` overrides (values parsed as YAML), validate.
 
-    Relative paths in `rewards.datasets` and `policy.sft_data` resolve against the recipe's folder.
+    A relative `rewards.datasets` path resolves against the recipe's folder (SFT sources: as in stages 1-2).
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -181,14 +158,12 @@ def load_rl_config(recipe: str | Path | None, overrides: list[str] = ()) -> RLCo
         path = Path(recipe)
         if not path.is_file():
             raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see train/recipes/rl*.yaml.")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
         base = path.parent
-    for item in overrides:
-        _set_override(data, item)
-    for section, key in (("rewards", "datasets"), ("policy", "sft_data")):
-        value = data.get(section, {}).get(key)
-        if value is not None and not Path(value).is_absolute():
-            data[section][key] = str(base / value)
+    data = _deep_merge(data, parse_overrides(list(overrides)))
+    datasets = data.get("rewards", {}).get("datasets")
+    if datasets is not None and not Path(datasets).is_absolute():
+        data["rewards"]["datasets"] = str(base / datasets)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise DeepGenInputError(f"unknown config sections {unknown}; valid: {sorted(_SECTIONS)}.")
