@@ -1,4 +1,4 @@
-"""`deepgen` command line: `generate` (text-to-image / edit) and `convert` (release -> safetensors layout)."""
+"""`deepgen` command line: `generate` (text-to-image / edit), `convert` (release -> safetensors layout), `train`."""
 
 from __future__ import annotations
 
@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
 
-    from .rewards.service import add_reward_server_parser  # RL pieces keep their own argparse code
+    from .rewards.service import add_reward_server_parser
+    from .train.cli import add_train_parser
+    from .train.rl.cli import add_rl_parser
 
+    add_train_parser(sub)
+    add_rl_parser(sub)  # `train rl`, in the RL package's own module
     add_reward_server_parser(sub)
     return parser
 
@@ -103,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CheckpointError, DeepGenInputError
 
     try:
-        if hasattr(args, "handler"):
+        if hasattr(args, "handler"):  # subcommands that bring their own runner (train rl, reward-server)
             return args.handler(args)
+        if args.command == "train":
+            from .train.cli import run_train
+
+            return run_train(args)
         return _generate(args) if args.command == "generate" else _convert(args)
     except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ replaces the Euler update with `sampling.sde_step`, recording x_i and the fp32 l
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -159,6 +160,9 @@ class ScoredRollout:
     weights: torch.Tensor
     total: torch.Tensor
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    reward_seconds: float = 0.0
+    all_rewards: torch.Tensor | None = None  # (world x N, K) after a cross-rank gather
+    all_weights: torch.Tensor | None = None
 
 
 def score_rollout(
@@ -178,10 +182,11 @@ def score_rollout(
     if len(sample_weights) != len(ro.images):
         raise DeepGenInputError(f"got {len(sample_weights)} weight sets for {len(ro.images)} images; give one per image.")
     names = sorted(rewards)
+    started = time.perf_counter()
     outputs = {name: rewards[name](ro.images, ro.prompts) for name in names}
     matrix = score_matrix({n: o.scores for n, o in outputs.items()}, names)
     weights = weight_matrix([dict(w) for w in sample_weights], names)
-    scored = ScoredRollout(ro, names, outputs, matrix, weights, weighted_total(matrix, weights))
+    scored = ScoredRollout(ro, names, outputs, matrix, weights, weighted_total(matrix, weights), reward_seconds=time.perf_counter() - started)
     if normalize:
         scored.advantages = compute_advantages(matrix, weights, ro.group_size, advantage_mode, advantage_clip)
     return scored

@@ -1,0 +1,48 @@
+"""`deepgen train pretrain|sft --config RECIPE [key=value ...]` and `deepgen train tiny-data DIR`.
+
+Launch on one process directly, or under `accelerate launch` / `torchrun` / `deepspeed` for several; the
+recipe's `distributed.deepspeed_config` selects ZeRO (e.g. train/accelerate/zero2.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="training stages 1 (pretrain) and 2 (sft)")
+    stages = train.add_subparsers(dest="train_command", required=True)
+    for stage, text in (("pretrain", "stage 1: alignment pre-training (bridge only)"), ("sft", "stage 2: joint SFT (bridge + DiT + VLM LoRA)")):
+        p = stages.add_parser(stage, help=text, description=text)
+        p.add_argument("--config", help="YAML recipe (train/recipes/*.yaml); fields of TrainConfig")
+        p.add_argument("overrides", nargs="*", help="config overrides like optim.lr=1e-5 checkpoint.output_dir=runs/x")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+    data = stages.add_parser("tiny-data", help="write the synthetic dataset the tiny recipes read")
+    data.add_argument("out", nargs="?", default="runs/tiny-data")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import field_help, load_config
+
+    if args.train_command == "tiny-data":
+        from .synthetic import write_synthetic_dataset
+
+        for fmt, path in write_synthetic_dataset(args.out).items():
+            print(f"{fmt}: {path}")
+        return 0
+    if args.help_config:
+        for name, text in field_help():
+            print(f"{name}: {text}")
+        return 0
+    config = load_config(args.train_command, args.config, args.overrides)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    from .trainer import Trainer
+
+    logging.getLogger("deepgen_core").setLevel(logging.INFO)
+    result = Trainer(config).run()
+    logging.getLogger(__name__).info("finished at step %d; export: %s", result.step, result.export_dir)
+    return 0

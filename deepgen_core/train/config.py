@@ -1,0 +1,276 @@
+"""Training configuration: one dataclass per stage over shared sections (reference notes §5).
+
+Every field carries a help string and a sensible default; `__post_init__` validates combinations and says why.
+Recipes (`train/recipes/*.yaml`) only set fields; `load_config` reads a recipe plus `key.sub=value` overrides.
+Nothing here reads the environment. The stage configs differ only in their defaults (§5.2/§5.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import DeepGenInputError
+
+TEXT_LAYER_LORA_TARGETS = (
+    r".*language_model\.(embed_tokens|layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj)))"
+)
+DATA_FORMATS = ("caption_json", "blip3o", "edit", "tar")
+TASKS = ("text2image", "image2image")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string; recipes write learning rates that way, so accept it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
+@dataclass
+class ModelConfig:
+    source: str = field(default="tiny", metadata={"help": "'tiny' (embedded toy model), 'base' (fresh bridge on `vlm` + `diffusion`), a converted DeepGen folder, or a reference checkpoint (needs `vlm` + `diffusion`)"})
+    vlm: str | None = field(default=None, metadata={"help": "Qwen2.5-VL-3B-Instruct folder (for 'base' and reference checkpoints)"})
+    diffusion: str | None = field(default=None, metadata={"help": "UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/"})
+    deepgen_config: str | None = field(default=None, metadata={"help": "DeepGen config JSON (reference checkpoints; default: beside the checkpoint or inferred)"})
+    init_checkpoint: str | None = field(default=None, metadata={"help": "weights to import before training: a stage-1/2 reference checkpoint (.pt/.safetensors, LoRA included) or our export"})
+    tiny_seed: int = field(default=0, metadata={"help": "seed of the random weights of source='tiny'"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "VLM/connector attention backend (default: flash-attn on GPU when installed, else sdpa)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations of the DiT and VLM layers in backward (less memory, ~30% slower)"})
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = field(default=False, metadata={"help": "attach a peft LoRA to the VLM (stage 2)"})
+    rank: int = field(default=64, metadata={"help": "LoRA rank r (reference: 64)"})
+    alpha: float = field(default=128.0, metadata={"help": "LoRA alpha (reference: 128, scale 2)"})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference main repo: 0.05)"})
+    target_modules: str = field(default=TEXT_LAYER_LORA_TARGETS, metadata={"help": "regex (full match) of VLM module names; default: the text layers and embed_tokens, where gradients flow (the reference's vision-tower LoRA never gets gradients, §1.8)"})
+
+
+@dataclass
+class SourceConfig:
+    path: str = field(metadata={"help": "index file (.json/.jsonl) or, for format 'tar', a shard file, folder or glob"})
+    format: str = field(default="blip3o", metadata={"help": f"one of {DATA_FORMATS}: caption_json (OpenUni data.json + per-image annotation), blip3o ({{txt, image_path}}), edit ({{input_image[], output_image, instruction}}), tar shards"})
+    image_root: str | None = field(default=None, metadata={"help": "folder the relative image paths start from (default: the index file's folder)"})
+    task: str | None = field(default=None, metadata={"help": "text2image or image2image; implied by the format except for tar"})
+    weight: float = field(default=1.0, metadata={"help": "sampling weight among the sources of the same task"})
+    caption_key: str = field(default="caption", metadata={"help": "caption field of caption_json annotations (e.g. 'prompt', 'caption_internlm2_short')"})
+    name: str | None = field(default=None, metadata={"help": "name used in logs (default: the file name)"})
+
+    def __post_init__(self) -> None:
+        if self.format not in DATA_FORMATS:
+            raise DeepGenInputError(f"data source {self.path!r}: format {self.format!r} is unknown; use one of {DATA_FORMATS}.")
+        implied = {"caption_json": "text2image", "blip3o": "text2image", "edit": "image2image"}.get(self.format)
+        if self.task is None:
+            if implied is None:
+                raise DeepGenInputError(f"data source {self.path!r}: tar shards need `task: text2image` or `task: image2image`.")
+            self.task = implied
+        if self.task not in TASKS or (implied and self.task != implied):
+            raise DeepGenInputError(f"data source {self.path!r}: task {self.task!r} does not fit format {self.format!r}.")
+        if self.weight <= 0:
+            raise DeepGenInputError(f"data source {self.path!r}: weight must be > 0, got {self.weight}.")
+        self.name = self.name or Path(self.path).name
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list, metadata={"help": "data sources; each micro-batch comes from one source"})
+    task_cycle: tuple[int, int] = field(default=(1, 3), metadata={"help": "micro-batches per cycle as (image2image, text2image); reference: (1, 3) pre-train, (1, 2) SFT"})
+    resize: str = field(default="fix_pixels", metadata={"help": "resize policy of training images: fix_pixels (area ~ image_size^2, sides ceil to 32), dynamic, none"})
+    image_size: int = field(default=512, metadata={"help": "resize size (reference: 512)"})
+    prompt_dropout: float = field(default=0.1, metadata={"help": "text-to-image captions replaced by '' with this probability (reference: 0.1)"})
+    max_references: int | None = field(default=None, metadata={"help": "edit references used per sample: None = all (multi-reference), 1 = the reference code's behaviour (§9.6)"})
+    min_side: int = field(default=80, metadata={"help": "reject images with a side <= this (reference: 80)"})
+    max_aspect: float = field(default=10.0, metadata={"help": "reject images with aspect outside (1/max, max) (reference: 10)"})
+    max_retries: int = field(default=16, metadata={"help": "bad or missing samples are replaced by the next sample of the same source up to this many times"})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader workers per process"})
+
+    def __post_init__(self) -> None:
+        self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        self.task_cycle = tuple(self.task_cycle)
+        if len(self.task_cycle) != 2 or min(self.task_cycle) < 0 or sum(self.task_cycle) == 0:
+            raise DeepGenInputError(f"data.task_cycle must be two counts (image2image, text2image), not both 0; got {self.task_cycle}.")
+        if not 0 <= self.prompt_dropout < 1:
+            raise DeepGenInputError(f"data.prompt_dropout must be in [0, 1), got {self.prompt_dropout}.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (reference: 1e-4 pre-train, 5e-5 SFT)"})
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay, applied only to parameters with ndim >= 2 (biases and norms get 0)"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 disables)"})
+    warmup_steps: int = field(default=500, metadata={"help": "linear warm-up from warmup_start_factor * lr, in optimizer steps"})
+    warmup_start_factor: float = field(default=1e-5, metadata={"help": "lr factor at step 0 (reference LinearLR start 1e-5)"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor as a fraction of lr (reference: 0)"})
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class DistributedConfig:
+    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON (e.g. train/accelerate/zero2.json); None = plain DDP or one process, as launched"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "'bf16' or 'no' (fp32)"})
+    process_group_backend: str | None = field(default=None, metadata={"help": "torch.distributed backend; default nccl on GPU, gloo on CPU"})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+
+
+@dataclass
+class CheckpointConfig:
+    output_dir: str = field(default="runs/deepgen", metadata={"help": "run folder: checkpoints/, tensorboard/, samples/, metrics.jsonl, exports"})
+    save_every: int = field(default=1000, metadata={"help": "save a resumable checkpoint every N optimizer steps (0: only at the end)"})
+    keep_last: int = field(default=5, metadata={"help": "keep the N newest checkpoints (reference: 5)"})
+    resume: str = field(default="auto", metadata={"help": "'auto' (latest complete checkpoint in output_dir, if any), 'never', or a checkpoint folder"})
+    export_at_end: bool = field(default=True, metadata={"help": "write an inference checkpoint (converted layout) at the end of training"})
+    export_lora: str = field(default="merge", metadata={"help": "'merge' the VLM LoRA into the exported weights, or keep it 'separate' (reference-style keys)"})
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = field(default=10, metadata={"help": "average and log metrics every N optimizer steps"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars under output_dir/tensorboard"})
+    progress_bar: bool = field(default=True, metadata={"help": "tqdm progress bar on the main process"})
+    sample_every: int = field(default=0, metadata={"help": "render sample images every N steps (0: never)"})
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red fox sitting in the snow, photograph"], metadata={"help": "prompts for sample images"})
+    sample_steps: int = field(default=28, metadata={"help": "denoising steps for sample images"})
+    sample_size: int = field(default=512, metadata={"help": "side of sample images"})
+
+
+@dataclass
+class TrainConfig:
+    """Shared fields of stages 1 and 2; `PretrainConfig` / `SFTConfig` set the reference defaults."""
+
+    stage: str = field(default="pretrain", metadata={"help": "'pretrain' (stage 1: bridge only) or 'sft' (stage 2: + DiT + VLM LoRA)"})
+    seed: int = field(default=0, metadata={"help": "seed of everything random (noise, timesteps, dropout, data order); the same on all ranks"})
+    micro_batch_size: int = field(default=4, metadata={"help": "samples per micro-batch per process (reference: 4)"})
+    grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimizer step (reference: 4 pre-train, 3 SFT)"})
+    max_steps: int = field(default=50_000, metadata={"help": "optimizer steps (reference 200k / 400k iterations of micro-batches = 50k / 133k steps)"})
+    train_transformer: bool = field(default=False, metadata={"help": "train the whole DiT (stage 2)"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model to train"})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "VLM LoRA"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and schedule"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={"help": "accelerate / DeepSpeed"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints and export"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, name))
+        if self.stage not in STAGE_DEFAULTS:
+            raise DeepGenInputError(f"stage must be one of {sorted(STAGE_DEFAULTS)}, got {self.stage!r}.")
+        if self.micro_batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
+            raise DeepGenInputError("micro_batch_size, grad_accum and max_steps must be >= 1.")
+        if self.stage == "pretrain" and (self.train_transformer or self.lora.enabled):
+            raise DeepGenInputError("stage 'pretrain' trains only the bridge: set train_transformer: false and lora.enabled: false, or use stage 'sft'.")
+        if self.optim.warmup_steps >= self.max_steps:
+            raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
+        if self.checkpoint.export_lora not in ("merge", "separate"):
+            raise DeepGenInputError(f"checkpoint.export_lora must be 'merge' or 'separate', got {self.checkpoint.export_lora!r}.")
+        if self.distributed.mixed_precision not in ("bf16", "no"):
+            raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=str)
+
+
+_SECTIONS = {"model": ModelConfig, "lora": LoraSettings, "data": DataConfig, "optim": OptimConfig,
+             "distributed": DistributedConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}
+
+# Reference notes §5.2-§5.3, in optimizer steps (mmengine counted micro-batch iterations).
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"grad_accum": 4, "max_steps": 50_000, "train_transformer": False, "lora": {"enabled": False},
+                 "optim": {"lr": 1e-4, "warmup_steps": 500}, "data": {"task_cycle": (1, 3)}},
+    "sft": {"grad_accum": 3, "max_steps": 133_334, "train_transformer": True, "lora": {"enabled": True},
+            "optim": {"lr": 5e-5, "warmup_steps": 1_334}, "data": {"task_cycle": (1, 2)}},
+}
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise DeepGenInputError(f"unknown config keys {unknown} in {where}; valid keys: {sorted(known)}.")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise DeepGenInputError(f"config section {where}: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["optim.lr=1e-5", "data.sources=[...]"]` -> nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise DeepGenInputError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=1e-5).")
+        key, value = item.split("=", 1)
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _yaml(value)
+    return tree
+
+
+def build_config(stage: str, data: dict[str, Any] | None = None) -> TrainConfig:
+    """Stage defaults, then `data` (a recipe dict, possibly with overrides merged in) on top."""
+    data = dict(data or {})
+    if data.get("stage", stage) != stage:
+        raise DeepGenInputError(f"the recipe is for stage {data['stage']!r} but `deepgen train {stage}` was run.")
+    if stage not in STAGE_DEFAULTS:
+        raise DeepGenInputError(f"stage must be one of {sorted(STAGE_DEFAULTS)}, got {stage!r}.")
+    merged = _deep_merge(STAGE_DEFAULTS[stage], data)
+    merged["stage"] = stage
+    return _from_dict(TrainConfig, merged, "the recipe")
+
+
+def load_config(stage: str, recipe: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe (fields of `TrainConfig`), apply `key=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see train/recipes/ for the shipped ones.")
+        data = _yaml(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise DeepGenInputError(f"recipe {path} must be a YAML mapping of config fields.")
+    return build_config(stage, _deep_merge(data, parse_overrides(list(overrides))))
+
+
+def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted name, help) for every field, for `--help-config`."""
+    out = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        section = _SECTIONS.get(f.name) if cls is TrainConfig else None
+        if section is not None:
+            out += field_help(section, name + ".")
+        else:
+            out.append((name, f.metadata.get("help", "")))
+    return out

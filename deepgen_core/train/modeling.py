@@ -1,0 +1,196 @@
+"""The trainable DeepGen module (the inference classes plus the loss), model builders and the VLM LoRA.
+
+`DeepGenTrainModel.forward(batch, noise)` computes the stage-1/2 rectified-flow loss (reference notes §5.1)
+through the same encoder, DiT and VAE the pipeline uses. All randomness (timesteps, noise, VAE posterior noise)
+comes in `StepNoise`, drawn by the caller from an explicit generator, so a step is a pure function of its
+inputs: the fixture's recorded noise reproduces the reference loss, and a resumed run repeats its losses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from torch import nn
+from transformers import Qwen2_5_VLModel
+
+from ..config import DeepGenConfig
+from ..errors import DeepGenInputError
+from ..loading import (
+    DeepGenComponents,
+    default_attn_implementation,
+    is_converted,
+    load_converted,
+    load_release,
+    load_tokenizer,
+)
+from ..models.transformer import DeepGenSD3Transformer
+from ..models.vlm import DeepGenEncoder
+from ..pipeline import DeepGenPipeline
+from .config import LoraSettings, ModelConfig
+from .objectives import (
+    FlowMatchingTargets,
+    flow_matching_loss,
+    predict_velocity,
+    training_schedule,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepNoise:
+    """Randomness of one micro-batch. `u` (B,) uniform timestep draws; `noise` per-target eps in latent shape;
+    `target_eps` / `source_eps` the VAE posterior noise of targets and of each sample's references."""
+
+    u: torch.Tensor
+    noise: list[torch.Tensor]
+    target_eps: list[torch.Tensor]
+    source_eps: list[list[torch.Tensor]] | None = None
+
+
+class DeepGenTrainModel(nn.Module):
+    """Encoder (VLM + think tokens + SCB), DiT and frozen VAE in one module, so that DDP / DeepSpeed wrap them
+    together; the tokenizer and the scheduler are plain attributes.
+
+    Args:
+        components: the same components the pipeline uses.
+        max_text_length: training-time left truncation of prompts (reference: 1024, notes §2.2).
+    """
+
+    def __init__(self, components: DeepGenComponents, max_text_length: int = 1024) -> None:
+        super().__init__()
+        self.encoder, self.transformer, self.vae = components.encoder, components.transformer, components.vae
+        self.tokenizer, self.scheduler = components.tokenizer, components.scheduler
+        self.max_text_length = max_text_length
+        self.vae.requires_grad_(False)
+
+    def pipeline(self) -> DeepGenPipeline:
+        """An inference pipeline over these very modules (sampling during training, export checks)."""
+        return DeepGenPipeline(self.tokenizer, self.encoder, self.transformer, self.vae, self.scheduler)
+
+    def latent_shape(self, pixels: torch.Tensor) -> tuple[int, int, int]:
+        """(C, H/f, W/f) of the VAE latent of a (3, H, W) image."""
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
+
+    @torch.no_grad()
+    def encode_latents(self, pixels: list[torch.Tensor], eps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(mean + std * eps - shift) * scale per image (the reference's sampled posterior, §3.4); images of equal
+        size are encoded together."""
+        cfg, device, dtype = self.vae.config, self.transformer.device, self.vae.dtype
+        out: list[torch.Tensor | None] = [None] * len(pixels)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels):
+            groups.setdefault(tuple(p.shape), []).append(i)
+        for members in groups.values():
+            dist = self.vae.encode(torch.stack([pixels[i] for i in members]).to(device, dtype)).latent_dist
+            noise = torch.stack([eps[i] for i in members]).to(device, dist.mean.dtype)
+            latents = (dist.mean + dist.std * noise - cfg.shift_factor) * cfg.scaling_factor
+            for i, z in zip(members, latents):
+                out[i] = z
+        return out
+
+    def forward(self, batch: dict[str, Any], noise: StepNoise) -> dict[str, torch.Tensor]:
+        """Rectified-flow loss of one single-task micro-batch.
+
+        Args:
+            batch: `pixel_values` list of (3, H_i, W_i) targets in [-1, 1], `texts` (prompt dropout already
+                applied), optional `pixel_values_src` per-sample lists of (3, h, w) references (editing).
+            noise: the step's randomness (see `StepNoise`).
+
+        Returns:
+            `loss` (fp32 scalar, mean over samples of the per-sample MSE) and `per_sample` (B,).
+        """
+        latents = self.encode_latents(batch["pixel_values"], noise.target_eps)
+        sources = batch.get("pixel_values_src")
+        references = None
+        if sources is not None:
+            flat = self.encode_latents([s for refs in sources for s in refs], [e for eps in noise.source_eps for e in eps])
+            references, k = [], 0
+            for refs in sources:
+                references.append(flat[k : k + len(refs)])
+                k += len(refs)
+        embeddings = self.pipeline().encode_prompt(batch["texts"], [], sources, max_text_length=self.max_text_length)
+        timesteps, sigmas = training_schedule(self.scheduler, noise.u.to(self.transformer.device), self.transformer.dtype)
+        eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
+        targets = FlowMatchingTargets(latents, eps, timesteps, sigmas)
+        predictions = predict_velocity(self.transformer, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
+        per_sample = torch.stack([flow_matching_loss([p], [x], [n]) for p, x, n in zip(predictions, latents, eps)])
+        return {"loss": per_sample.mean(), "per_sample": per_sample.detach()}
+
+
+def draw_step_noise(model: DeepGenTrainModel, batch: dict[str, Any], generator: torch.Generator) -> StepNoise:
+    """All randomness of a micro-batch, drawn on the CPU in fp32 from `generator` in a fixed order."""
+    def randn(shape):
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    targets = batch["pixel_values"]
+    u = torch.rand(len(targets), generator=generator)
+    noise = [randn(model.latent_shape(p)) for p in targets]
+    target_eps = [randn(model.latent_shape(p)) for p in targets]
+    sources = batch.get("pixel_values_src")
+    source_eps = [[randn(model.latent_shape(s)) for s in refs] for refs in sources] if sources is not None else None
+    return StepNoise(u, noise, target_eps, source_eps)
+
+
+# ------------------------------------------------------------------------------------------------ builders
+
+
+def build_components(config: ModelConfig) -> DeepGenComponents:
+    """Components in fp32 (master weights; accelerate / DeepSpeed apply the mixed precision)."""
+    dtype = torch.float32
+    if config.source == "tiny":
+        from ..presets import tiny_components
+
+        return tiny_components(seed=config.tiny_seed, dtype=dtype)
+    if config.source == "base":
+        return fresh_bridge_components(config)
+    if is_converted(config.source):
+        return load_converted(config.source, dtype, config.attn_implementation)
+    return load_release(config.source, config.vlm, config.diffusion, config.deepgen_config, dtype, config.attn_implementation)
+
+
+def fresh_bridge_components(config: ModelConfig) -> DeepGenComponents:
+    """Stage-1 start: base Qwen2.5-VL and UniPic2 DiT/VAE with a new bridge (projector_2/3 zero-initialised, §1.3)."""
+    from pathlib import Path
+
+    if not config.vlm or not config.diffusion:
+        raise DeepGenInputError("model.source 'base' needs model.vlm (Qwen2.5-VL folder) and model.diffusion (UniPic2 folder).")
+    attn = config.attn_implementation or default_attn_implementation()
+    vlm = Qwen2_5_VLModel.from_pretrained(config.vlm, dtype=torch.float32, attn_implementation=attn, local_files_only=True)
+    text = vlm.config.text_config
+    encoder = DeepGenEncoder(vlm, DeepGenConfig(vlm_hidden_size=text.hidden_size, vlm_num_hidden_layers=text.num_hidden_layers), attn)
+    for head in (encoder.bridge.proj_pooled, encoder.bridge.proj_context):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    diffusion = Path(config.diffusion)
+    transformer = DeepGenSD3Transformer.from_pretrained(diffusion / "transformer", torch_dtype=torch.float32, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(diffusion / "vae", torch_dtype=torch.float32, local_files_only=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(diffusion / "scheduler", local_files_only=True)
+    return DeepGenComponents(load_tokenizer(config.vlm), encoder, transformer, vae, scheduler)
+
+
+def attach_lora(vlm: nn.Module, settings: LoraSettings) -> int:
+    """Add a peft LoRA (adapter 'default') to the VLM modules matching `settings.target_modules`; returns the
+    number of LoRA parameters. Gaussian init as the reference: Linear B = 0, Embedding A = 0 (an identity)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, init_lora_weights="gaussian")
+    try:
+        vlm.add_adapter(config)
+    except ValueError as exc:
+        raise DeepGenInputError(f"lora.target_modules {settings.target_modules!r} matches no VLM module ({exc}).") from exc
+    params = [p for n, p in vlm.named_parameters() if "lora_" in n]
+    logger.info("VLM LoRA: %d tensors, %d parameters (r=%d, alpha=%g)", len(params), sum(p.numel() for p in params), settings.rank, settings.alpha)
+    return sum(p.numel() for p in params)
+
+
+def enable_gradient_checkpointing(model: DeepGenTrainModel) -> None:
+    model.transformer.enable_gradient_checkpointing()
+    # Non-reentrant: the VLM's inputs (think tokens) need gradients through frozen layers.
+    model.encoder.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,138 @@
+"""The MR-GRPO trainer on the tiny model (CPU): learning, resume, stepping semantics, preview parity, SFT aux."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deepgen_core.cli import main
+from deepgen_core.errors import DeepGenInputError
+from deepgen_core.presets import tiny_components
+from deepgen_core.rewards import BrightnessReward
+from deepgen_core.train.rl.config import RLConfig, load_rl_config
+from deepgen_core.train.rl.preview import rollout_preview
+from deepgen_core.train.rl.trainer import RLTrainer
+from deepgen_core.train.trainer import derived_seed
+
+PROMPTS = ["a red cube on a table", "a cat under a blue umbrella", "a lighthouse at night"]
+
+
+class LinearPreviewDecoder(nn.Module):
+    """A 1x1-conv 'latent preview' decoder (16 -> RGB, nearest x8). The tiny random VAE's GroupNorm decoder maps
+    every latent to almost the same brightness (+-0.01), so no reward on brightness could rise through it; with
+    this decoder brightness is a linear function of the final latents, which the policy can learn to move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(16, 3, 1)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(3, 16, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.15)
+            self.proj.bias.zero_()
+
+    def forward(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return nn.functional.interpolate(self.proj(z), scale_factor=8, mode="nearest")
+
+
+def tiny_rl_components():
+    components = tiny_components(0)
+    components.vae.decoder = LinearPreviewDecoder()
+    return components
+
+
+def tiny_config(tmp_path, **sections) -> RLConfig:
+    base = {
+        "model": {"source": "tiny", "gradient_checkpointing": False},
+        "rollout": {"group_size": 4, "prompts_per_step": 2, "num_inference_steps": 4, "height": 32, "width": 32, "sampler": "flowgrpo_sde"},
+        "policy": {"timestep_fraction": 1.0, "include_last_step": True, "micro_batch_size": 8, "kl_beta": 1e-4, "clip_range": 0.2, "sft_coef": 0.0},
+        "rewards": {"prompts": PROMPTS, "weights": {"brightness": 1.0}},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "distributed": {"mixed_precision": "no", "cpu": True},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "seed": 0, "save_every": 0, "save_images_every": 0, "tensorboard": False},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return RLConfig(**base)
+
+
+@pytest.mark.slow
+def test_mean_reward_rises_while_kl_stays_bounded(tmp_path):
+    """Behavioural check (acceptance 2): brightness reward, 30 steps of 8 images on the tiny model."""
+    config = tiny_config(tmp_path, run={"max_steps": 30})
+    history = RLTrainer(config, components=tiny_rl_components()).run().history
+    rewards = [h["reward"] for h in history]
+    kls = [h["kl"] for h in history]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.08, f"mean reward did not rise clearly: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    assert kls[0] == 0.0  # the first update starts from the reference weights
+    assert all(k == k and k < 60 for k in kls), f"KL not bounded: {kls}"
+    assert max(kls[-10:]) < 2 * max(kls[:10]) + 1  # no runaway drift from the reference
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    full = RLTrainer(tiny_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2})).run()
+    RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 2, "save_every": 2})).run()
+    resumed = RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 4, "save_every": 2})).run()
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[2:]]
+    assert [h["loss/policy"] for h in resumed.history] == [h["loss/policy"] for h in full.history[2:]]
+    lines = (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    for key in ("reward", "reward/brightness", "kl", "clip_frac", "loss/policy", "advantage/std", "time/rollout", "time/reward", "time/update", "grad_norm"):
+        assert key in record, key
+    assert (tmp_path / "a" / "run" / "checkpoints" / "step-00000004" / "checkpoint.json").is_file()
+    assert (tmp_path / "a" / "run" / "export").is_dir()
+
+
+def test_only_the_dit_trains_and_the_reference_stays(tmp_path):
+    trainer = RLTrainer(tiny_config(tmp_path, run={"max_steps": 2}))
+    policy, ref = trainer.build_model()
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    ref_before = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    trainer.build_model = lambda: (policy, ref)
+    trainer.run()
+    changed = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("inner.transformer.") for n in changed)
+    assert all(torch.equal(p, ref_before[n]) for n, p in ref.named_parameters())
+
+
+@pytest.mark.parametrize(("reference_stepping", "sft", "updates"), [(False, False, 1), (True, False, 4), (False, True, 1), (True, True, 5)])
+def test_optimizer_updates_per_step(tmp_path, reference_stepping, sft, updates):
+    # 4 trained timesteps x 1 micro-batch (+ the SFT backward): one update per batch, or one per backward (§6.9).
+    sections = {"policy": {"reference_stepping": reference_stepping, "sft_coef": 0.1 if sft else 0.0, "sft_micro_batch_size": 2}}
+    if sft:
+        from deepgen_core.train.synthetic import write_synthetic_dataset
+
+        paths = write_synthetic_dataset(tmp_path / "data", size=32)
+        sections["sft"] = {"sources": [{"path": str(paths["blip3o"]), "format": "blip3o"}], "image_size": 32, "min_side": 8, "num_workers": 0}
+    history = RLTrainer(tiny_config(tmp_path, run={"max_steps": 1}, **sections)).run().history
+    assert history[0]["optimizer_updates"] == updates
+    assert ("loss/sft" in history[0]) == sft
+
+
+def test_preview_equals_the_trainer(tmp_path):
+    """Acceptance 4: the preview's scores and advantages equal the trainer's for the same seed and prompts."""
+    config = tiny_config(tmp_path, policy={"advantage_scope": "per_rank"})
+    trainer = RLTrainer(config, rewards={"brightness": BrightnessReward()})
+    policy, _ = trainer.build_model()
+    scored = trainer.collect(3, policy)
+    prompts = scored.rollout.prompts[:: config.rollout.group_size]
+    preview = rollout_preview(policy.inner.pipeline(), prompts, group_size=4, seed=derived_seed(config.run.seed, 3, 0, 1), sampler="flowgrpo_sde",
+                              eta=1.0, steps=4, height=32, width=32, rewards={"brightness": BrightnessReward()}, weights={"brightness": 1.0})
+    assert preview.scores["brightness"] == scored.outputs["brightness"].scores
+    assert preview.advantages == scored.advantages.tolist()
+    assert preview.prompts == scored.rollout.prompts
+
+
+def test_config_validation_and_cli(tmp_path, capsys):
+    with pytest.raises(DeepGenInputError, match="group_size"):
+        tiny_config(tmp_path, rollout={"group_size": 1})
+    with pytest.raises(DeepGenInputError, match="sft.sources"):
+        tiny_config(tmp_path, policy={"sft_coef": 0.1})
+    with pytest.raises(DeepGenInputError, match="unknown config keys"):
+        tiny_config(tmp_path, policy={"kl": 1.0})
+    config = load_rl_config("train/recipes/rl-tiny.yaml", ["optim.lr=5e-4", "policy.reference_stepping=true"])
+    assert config.optim.lr == 5e-4 and config.policy.reference_stepping and config.optim.min_lr_ratio == 1.0
+    assert main(["train", "rl", "--config", "train/recipes/rl-tiny.yaml", "--print-config", "run.max_steps=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["max_steps"] == 7
