@@ -144,3 +144,22 @@ def to_channels_last(pixels: torch.Tensor) -> torch.Tensor:
     """(3, H, W) or (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1] (ComfyUI's IMAGE)."""
     pixels = pixels[None] if pixels.ndim == 3 else pixels
     return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def captioned_grid(images: list[Image.Image], captions: list[str], columns: int | None = None) -> Image.Image:
+    """Images in a grid (`columns` per row, default all in one row), each with its caption lines underneath."""
+    from PIL import ImageDraw, ImageFont
+
+    columns = columns or len(images)
+    width, height = images[0].size
+    font = ImageFont.load_default()
+    lines = max(len(c.splitlines()) for c in captions)
+    caption_height = 12 * lines + 8
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (width * columns, (height + caption_height) * rows), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * width, (i // columns) * (height + caption_height)
+        grid.paste(image.convert("RGB").resize((width, height)), (x, y))
+        draw.multiline_text((x + 4, y + height + 4), caption, fill="black", font=font, spacing=2)
+    return grid

@@ -7,10 +7,11 @@ from ._comfy import ComfyExtension, io
 from .conditioning import DeepGenReferenceLatent, DeepGenThinkTokens, DeepGenVLMEncode
 from .loading import DeepGenLoader, register_folder
 from .rewards import DeepGenOCRReward
+from .rl import DeepGenRolloutPreview
 from .sampling import DeepGenSampler
 
 NODES: list[type[io.ComfyNode]] = [
-    DeepGenLoader, DeepGenVLMEncode, DeepGenThinkTokens, DeepGenReferenceLatent, DeepGenSampler, DeepGenOCRReward,
+    DeepGenLoader, DeepGenVLMEncode, DeepGenThinkTokens, DeepGenReferenceLatent, DeepGenSampler, DeepGenOCRReward, DeepGenRolloutPreview,
 ]
 
 register_folder()

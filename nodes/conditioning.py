@@ -59,7 +59,7 @@ class DeepGenVLMEncode(io.ComfyNode):
             negative_prompt = DEFAULT_EDIT_NEGATIVE_PROMPT
         encoder = model.encoder.model.inner
         tokens = 512 + sum(img.width * img.height for img in images) // (28 * 28)
-        pipe = model.pipeline(model.encoder, activation_estimate(2 * tokens, encoder.config.vlm_hidden_size, encoder.think_tokens.dtype))
+        pipe = model.pipeline(model.encoder, memory_required=activation_estimate(2 * tokens, encoder.config.vlm_hidden_size, encoder.think_tokens.dtype))
         pixels = pipe.prepare_reference_pixels(images or None, 1, reference_resize, reference_size)
         model_management.throw_exception_if_processing_interrupted()
         embeds = pipe.encode_prompt([prompt], [negative_prompt], pixels, num_think_tokens=model.num_think_tokens)

@@ -96,12 +96,12 @@ class DeepGenModel:
     def with_think_tokens(self, count: int | None) -> DeepGenModel:
         return replace(self, encoder=self.encoder.clone(), transformer=self.transformer.clone(), num_think_tokens=count)
 
-    def pipeline(self, patcher: Any, memory_required: int = 0) -> DeepGenPipeline:
-        """Load `patcher` (one of ours) through ComfyUI's memory manager and return a pipeline running on its
-        device. The pipeline has no VAE: ComfyUI's VAE nodes encode and decode."""
-        model_management.load_models_gpu([patcher], memory_required=memory_required)
+    def pipeline(self, *patchers: Any, memory_required: int = 0) -> DeepGenPipeline:
+        """Load `patchers` (ours) together through ComfyUI's memory manager and return a pipeline running on the
+        first one's device. The pipeline has no VAE: ComfyUI's VAE nodes encode and decode."""
+        model_management.load_models_gpu(list(patchers), memory_required=memory_required)
         pipe = DeepGenPipeline(self.tokenizer, self.encoder.model.inner, self.transformer.model.inner, None, self.scheduler)
-        pipe.execution_device = patcher.load_device
+        pipe.execution_device = patchers[0].load_device
         return pipe
 
 

@@ -101,7 +101,7 @@ class DeepGenSampler(io.ComfyNode):
         noise = initial_noise(shape, generator, latent_image.get("batch_index"))
         refs = reference_lists(references, batch)
         tokens = 2 * batch * (shape[2] * shape[3] // unit**2 * (1 + len(references)) + pos_seq.shape[1])
-        pipe = model.pipeline(model.transformer, activation_estimate(tokens, dit.inner_dim, dit.dtype))
+        pipe = model.pipeline(model.transformer, memory_required=activation_estimate(tokens, dit.inner_dim, dit.dtype))
         device, dtype = pipe.device, pipe.dtype
         embeds = PromptEmbeddings(*(_per_sample(t, batch, name).to(device, dtype) for t, name in (
             (pos_seq, "positive"), (pos_pooled, "positive"), (neg_seq, "negative"), (neg_pooled, "negative"))))

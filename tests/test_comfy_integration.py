@@ -24,7 +24,7 @@ from deepgen_core.presets import sd3_vae, tiny_components
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO.parent / "shared" / "tools" / "comfy" / "run_workflow.py"
 COMFY = os.environ.get("COMFYUI_DIR")
-NODES = "DeepGenLoader,DeepGenVLMEncode,DeepGenThinkTokens,DeepGenReferenceLatent,DeepGenSampler,DeepGenOCRReward"
+NODES = "DeepGenLoader,DeepGenVLMEncode,DeepGenThinkTokens,DeepGenReferenceLatent,DeepGenSampler,DeepGenOCRReward,DeepGenRolloutPreview"
 
 pytestmark = pytest.mark.skipif(not COMFY or not RUNNER.is_file(), reason="set COMFYUI_DIR to a ComfyUI checkout (and have shared/tools/comfy)")
 
@@ -55,7 +55,8 @@ def setup(tmp_path_factory):
 def _workflow(root: Path, name: str, **overrides) -> Path:
     """An API workflow with small sizes and few steps; overrides: {class_type: {input: value}}."""
     graph = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
-    small = {"DeepGenSampler": {"steps": 4}, "EmptySD3LatentImage": {"width": 128, "height": 128, "batch_size": 1}}
+    small = {"DeepGenSampler": {"steps": 4}, "EmptySD3LatentImage": {"width": 128, "height": 128, "batch_size": 1},
+             "DeepGenRolloutPreview": {"steps": 2, "group_size": 2, "width": 64, "height": 64}}
     for node in graph.values():
         for table in (small, overrides):
             node["inputs"].update(table.get(node["class_type"], {}))
@@ -78,7 +79,7 @@ def test_pack_in_real_comfyui(setup):
     python = os.environ.get("COMFY_PYTHON", sys.executable)
     start = ["--comfy-dir", COMFY, "--python", python, "--port", str(port), "--custom-nodes", str(REPO), "--require-nodes", NODES,
              "--input-file", str(root / "example.png"), "--keep-server", "--fetch-images", str(root / "images"), *model_paths]
-    names = ["deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr"]
+    names = sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json"))
     code, summary = _run(root, [_workflow(root, n) for n in names], *start)
     assert "pid" in summary["server"], f"ComfyUI did not start (exit {code})"
     pid = summary["server"]["pid"]
@@ -88,8 +89,10 @@ def test_pack_in_real_comfyui(setup):
         assert not [line for line in summary["server"]["import_failed"] if "custom_nodes" in line]
         for result in summary["workflows"].values():
             assert result["status"]["status_str"] == "success"
-        images = sorted((root / "images").rglob("*.png"))
+        images = sorted((root / "images").rglob("*deepgen_*.png"))
         assert len(images) >= 4 and all(Image.open(p).size in ((128, 128), (96, 64)) for p in images)
+        rollout = next(r for p, r in summary["workflows"].items() if "rollout" in p)
+        assert "advantage" in json.dumps(rollout["outputs"]) and "images" in json.dumps(rollout["outputs"])
         ocr = next(r for p, r in summary["workflows"].items() if "ocr" in p)
         report = json.dumps(ocr["outputs"])
         assert "target: 'OPEN'" in report and "score" in report

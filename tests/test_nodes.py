@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from deepgen_core.presets import sd3_vae, tiny_components
 REPO = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 REAL_COMFY = os.environ.get("COMFYUI_DIR")
-NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward"}
+NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward", "DeepGenRolloutPreview"}
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +302,27 @@ def test_partial_load_streams_weights_and_keeps_outputs(pack, loaded, comfy):
         torch.testing.assert_close(to_vae_space(latents), full["samples"], atol=1e-5, rtol=1e-5)
     finally:
         patcher.unpatch_model(patcher.offload_device)
+
+
+# ------------------------------------------------------------------------------------------------ RL preview
+
+
+def test_rollout_preview_node_equals_the_trainer_functions(pack, loaded, model_files):
+    from deepgen_core.rewards import BrightnessReward
+    from deepgen_core.train.rl.preview import rollout_preview
+
+    model, vae = loaded
+    node = pack.nodes.rl.DeepGenRolloutPreview
+    out = node.execute(model=model, vae=vae, prompts="a red circle\na blue square", group_size=3, seed=5, sampler="cps_sde", eta=1.0,
+                       steps=2, cfg=1.0, width=32, height=32, rewards="brightness=1")
+    images, report = out.args
+    assert images.shape == (6, 32, 32, 3) and len(out.ui.as_dict()["images"]) == 1
+    direct = rollout_preview(DeepGenPipeline.from_components(model_files), ["a red circle", "a blue square"], group_size=3, seed=5,
+                             sampler="cps_sde", eta=1.0, steps=2, guidance_scale=1.0, height=32, width=32, rewards={"brightness": BrightnessReward()})
+    parsed = [re.search(r"brightness ([\d.]+); total [\d.]+; advantage ([-+][\d.]+)", line).groups() for line in report.splitlines()]
+    # through the stand-in, decoding is diffusers' own (same numbers); real ComfyUI decodes with its own VAE code
+    tolerance = (2e-3, 5e-2) if REAL_COMFY else (1e-3, 1e-3)
+    assert [float(b) for b, _ in parsed] == pytest.approx(direct.scores["brightness"], abs=tolerance[0])
+    assert [float(a) for _, a in parsed] == pytest.approx(direct.advantages, abs=tolerance[1])
+    with pytest.raises(ValueError, match="unknown reward 'sharpness'"):
+        node.execute(model=model, vae=vae, prompts="x", group_size=2, seed=0, sampler="cps_sde", eta=1.0, steps=1, cfg=1.0, width=32, height=32, rewards="sharpness=1")

@@ -147,7 +147,13 @@ def templates() -> dict[str, list[Node]]:
         Node(7, "DeepGenOCRReward", {"target_text": 'a shop sign that says "OPEN"'}, {"images": (5, 0)}),
         Node(8, "PreviewAny", {}, {"source": (7, 1)}, title="OCR report"),
     ]
-    return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr}
+    rollout = [
+        loader,
+        Node(2, "DeepGenRolloutPreview", {"prompts": 'a shop sign that says "OPEN"', "group_size": 4, "seed": 0, "steps": 50, "rewards": "ocr=1"}, {"model": (1, 0), "vae": (1, 1)}),
+        Node(3, "PreviewAny", {}, {"source": (2, 1)}, title="Rewards and advantages"),
+    ]
+    return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr,
+            "deepgen_rl_rollout_preview": rollout}
 
 
 def render() -> dict[Path, str]:
