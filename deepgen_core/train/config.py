@@ -18,9 +18,12 @@ import yaml
 
 from ..errors import DeepGenInputError
 
-TEXT_LAYER_LORA_TARGETS = (
-    r".*language_model\.(embed_tokens|layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj)))"
-)
+
+def text_layer_lora_targets(layers: range) -> str:
+    """Regex of embed_tokens and the attention/MLP linears of the given text layers."""
+    numbers = "|".join(str(i) for i in layers)
+    return rf".*language_model\.(embed_tokens|layers\.({numbers})\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj)))"
+
 DATA_FORMATS = ("caption_json", "blip3o", "edit", "tar")
 TASKS = ("text2image", "image2image")
 
@@ -56,7 +59,7 @@ class LoraSettings:
     rank: int = field(default=64, metadata={"help": "LoRA rank r (reference: 64)"})
     alpha: float = field(default=128.0, metadata={"help": "LoRA alpha (reference: 128, scale 2)"})
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference main repo: 0.05)"})
-    target_modules: str = field(default=TEXT_LAYER_LORA_TARGETS, metadata={"help": "regex (full match) of VLM module names; default: the text layers and embed_tokens, where gradients flow (the reference's vision-tower LoRA never gets gradients, §1.8)"})
+    target_modules: str = field(default="auto", metadata={"help": "regex (full match) of VLM module names, or 'auto': embed_tokens and the linears of the text layers whose output reaches the SCB (gradients flow only there: the vision tower runs without grad, and layers after the deepest stacked hidden state feed nothing, §1.3/§1.8)"})
 
 
 @dataclass
