@@ -136,6 +136,7 @@ class DistributedConfig:
 class CheckpointConfig:
     output_dir: str = field(default="runs/deepgen", metadata={"help": "run folder: checkpoints/, tensorboard/, samples/, metrics.jsonl, exports"})
     save_every: int = field(default=1000, metadata={"help": "save a resumable checkpoint every N optimizer steps (0: only at the end)"})
+    save_at_end: bool = field(default=True, metadata={"help": "save a resumable checkpoint after the last step"})
     keep_last: int = field(default=5, metadata={"help": "keep the N newest checkpoints (reference: 5)"})
     resume: str = field(default="auto", metadata={"help": "'auto' (latest complete checkpoint in output_dir, if any), 'never', or a checkpoint folder"})
     export_at_end: bool = field(default=True, metadata={"help": "write an inference checkpoint (converted layout) at the end of training"})
