@@ -73,7 +73,12 @@ class SyntheticData(torch.utils.data.Dataset):
 
 
 def count_flops(model: DeepGenTrainModel, data: SyntheticData, micro_batch: int, device_type: str) -> dict[str, float]:
-    """FLOPs of forward + backward of one micro-batch per task (gradients are discarded afterwards)."""
+    """FLOPs of forward + backward of one micro-batch per task (gradients are discarded afterwards).
+
+    The VLM runs with eager attention here: torch's SDPA FLOP formula rejects grouped-query attention (16 query,
+    2 KV heads), while eager attention expands K/V and is counted as plain matmuls of the same size."""
+    vlm = model.encoder.vlm
+    vlm.set_attn_implementation("eager")
     out = {}
     for source in data.sources:
         samples = [source[i] for i in range(micro_batch)]
@@ -86,6 +91,7 @@ def count_flops(model: DeepGenTrainModel, data: SyntheticData, micro_batch: int,
             model(batch, noise)["loss"].backward()
         model.zero_grad(set_to_none=True)
         out[source.source.task] = float(counter.get_total_flops())
+    vlm.set_attn_implementation("sdpa")
     return out
 
 
