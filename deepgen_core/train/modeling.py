@@ -115,7 +115,9 @@ class DeepGenTrainModel(nn.Module):
                 references.append(flat[k : k + len(refs)])
                 k += len(refs)
         embeddings = self.pipeline().encode_prompt(batch["texts"], [], sources, max_text_length=self.max_text_length)
-        timesteps, sigmas = training_schedule(self.scheduler, noise.u.to(self.transformer.device), self.transformer.dtype)
+        # The table lookup runs on the CPU (the scheduler's tables live there), then moves to the model's device.
+        timesteps, sigmas = training_schedule(self.scheduler, noise.u.cpu(), self.transformer.dtype)
+        timesteps, sigmas = timesteps.to(self.transformer.device), sigmas.to(self.transformer.device)
         eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
         targets = FlowMatchingTargets(latents, eps, timesteps, sigmas)
         predictions = predict_velocity(self.transformer, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
