@@ -131,6 +131,10 @@ class DistributedConfig:
     process_group_backend: str | None = field(default=None, metadata={"help": "torch.distributed backend; default nccl on GPU, gloo on CPU"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
 
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+            self.mixed_precision = "no"
+
 
 @dataclass
 class CheckpointConfig:
@@ -139,8 +143,7 @@ class CheckpointConfig:
     save_at_end: bool = field(default=True, metadata={"help": "save a resumable checkpoint after the last step"})
     keep_last: int = field(default=5, metadata={"help": "keep the N newest checkpoints (reference: 5)"})
     resume: str = field(default="auto", metadata={"help": "'auto' (latest complete checkpoint in output_dir, if any), 'never', or a checkpoint folder"})
-    export_at_end: bool = field(default=True, metadata={"help": "write an inference checkpoint (converted layout) at the end of training"})
-    export_lora: str = field(default="merge", metadata={"help": "'merge' the VLM LoRA into the exported weights, or keep it 'separate' (reference-style keys)"})
+    export_at_end: bool = field(default=True, metadata={"help": "at the end, write export/ (converted layout, LoRA merged) and export-reference/deepgen_checkpoint.safetensors (reference layout, LoRA as separate keys)"})
 
 
 @dataclass
@@ -185,8 +188,6 @@ class TrainConfig:
             raise DeepGenInputError("stage 'pretrain' trains only the bridge: set train_transformer: false and lora.enabled: false, or use stage 'sft'.")
         if self.optim.warmup_steps >= self.max_steps:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
-        if self.checkpoint.export_lora not in ("merge", "separate"):
-            raise DeepGenInputError(f"checkpoint.export_lora must be 'merge' or 'separate', got {self.checkpoint.export_lora!r}.")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
 

@@ -1,0 +1,110 @@
+"""Single-process training runs of the tiny model: what each stage changes, resume, export and import."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_helpers import reset_accelerate, tiny_config, tiny_data
+
+from deepgen_core.presets import tiny_components
+from deepgen_core.train.export import export_reference_checkpoint, import_checkpoint
+from deepgen_core.train.metrics import read_metrics
+from deepgen_core.train.modeling import DeepGenTrainModel
+from deepgen_core.train.stages import setup_stage
+from deepgen_core.train.trainer import Trainer
+
+
+def _zero_gradient(model) -> set[str]:
+    """Tensors whose gradient is exactly zero by construction: the last DiT block is `context_pre_only`, so its
+    context queries' attention outputs are dropped and their projection bias and q-norm never receive gradient
+    (their 2-D weights still move, by weight decay)."""
+    last = f"transformer.transformer_blocks.{len(model.transformer.transformer_blocks) - 1}.attn."
+    return {last + "add_q_proj.bias", last + "norm_added_q.weight"}
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _train(stage: str, tmp_path, **extra):
+    reset_accelerate()
+    config = tiny_config(stage, tiny_data(tmp_path / "data"), tmp_path / "run", **{"max_steps": 4, "checkpoint.save_every": 2, **extra})
+    trainer = Trainer(config)
+    model = trainer.build_model()
+    before = _snapshot(model)
+    trainer.prebuilt = model
+    result = trainer.run()
+    return model, before, result
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    return _train("sft", tmp_path_factory.mktemp("sft"))
+
+
+def _changed(model, before) -> tuple[set[str], set[str]]:
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return changed, trainable
+
+
+def test_stage1_changes_only_the_bridge(tmp_path):
+    model, before, result = _train("pretrain", tmp_path)
+    changed, trainable = _changed(model, before)
+    assert trainable == {n for n in before if n.startswith(("encoder.think_tokens", "encoder.bridge."))}
+    assert changed == trainable
+    assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_stage2_also_changes_the_dit_and_the_lora(sft_run):
+    model, before, _ = sft_run
+    changed, trainable = _changed(model, before)
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(n.startswith("encoder.vlm.language_model.") for n in lora)
+    assert {n for n in before if n.startswith("transformer.")} <= trainable
+    assert changed == trainable - _zero_gradient(model)
+    assert not any(n.startswith("vae.") for n in trainable)
+
+
+def test_resume_repeats_the_losses(sft_run, tmp_path):
+    _, _, first = sft_run
+    run_dir = first.output_dir
+    records = read_metrics(run_dir / "metrics.jsonl")
+    for d in (run_dir / "checkpoints").glob("step-00000004"):
+        import shutil
+
+        shutil.rmtree(d)
+    reset_accelerate()
+    config = tiny_config("sft", tiny_data(tmp_path / "data"), run_dir, **{"max_steps": 4, "checkpoint.save_every": 2})
+    resumed = Trainer(config).run()
+    assert resumed.losses == [records[3]["loss"], records[4]["loss"]]  # bitwise
+
+
+def test_export_reproduces_the_trained_model(sft_run, tmp_path):
+    from deepgen_core.pipeline import DeepGenPipeline
+
+    model, _, result = sft_run
+    model.eval()
+
+    def generate(pipe):
+        return pipe(["a green circle", "make it darker"], height=64, width=64, num_inference_steps=3, guidance_scale=3.0,
+                    generator=torch.Generator().manual_seed(7), output_type="latent").latents
+
+    with torch.no_grad():
+        expected = generate(model.pipeline())  # LoRA still as peft layers
+    reloaded = DeepGenPipeline.from_pretrained(result.export_dir, torch_dtype=torch.float32)  # LoRA merged
+    got = generate(reloaded)
+    assert (got - expected).abs().max() <= 1e-4 * (1 + expected.abs().max())
+
+
+def test_reference_layout_export_imports_back(sft_run, tmp_path):
+    model, _, _ = sft_run
+    path = export_reference_checkpoint(model, tmp_path / "deepgen_checkpoint.safetensors", dtype=torch.float32)
+    fresh = DeepGenTrainModel(tiny_components(seed=0))
+    setup_stage(fresh, model_config := tiny_config("sft", tiny_data(tmp_path / "data"), tmp_path / "x"))
+    assert model_config.lora.enabled
+    import_checkpoint(fresh, path, lora_alpha=model_config.lora.alpha)
+    trained = dict(model.named_parameters())
+    for name, param in fresh.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param.detach(), trained[name].detach()), name
