@@ -108,3 +108,58 @@ def test_reference_layout_export_imports_back(sft_run, tmp_path):
     for name, param in fresh.named_parameters():
         if param.requires_grad:
             assert torch.equal(param.detach(), trained[name].detach()), name
+
+
+def test_import_merges_lora_modules_the_attached_lora_does_not_train(sft_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _, _ = sft_run
+    path = export_reference_checkpoint(model, tmp_path / "ref.safetensors", dtype=torch.float32)
+    state = load_file(str(path))
+    qkv = dict(model.encoder.vlm.named_modules())["visual.blocks.0.attn.qkv"]
+    a, b = torch.randn(4, qkv.in_features), torch.randn(qkv.out_features, 4)  # a reference vision-tower adapter
+    state["lmm.model.visual.blocks.0.attn.qkv.lora_A.default.weight"] = a
+    state["lmm.model.visual.blocks.0.attn.qkv.lora_B.default.weight"] = b
+    save_file(state, str(tmp_path / "with_vision.safetensors"))
+    fresh = DeepGenTrainModel(tiny_components(seed=0))
+    setup_stage(fresh, tiny_config("sft", tiny_data(tmp_path / "data"), tmp_path / "x"))
+    base = dict(fresh.encoder.vlm.named_modules())["visual.blocks.0.attn.qkv"].weight.detach().clone()
+    import_checkpoint(fresh, tmp_path / "with_vision.safetensors", lora_alpha=8.0)
+    merged = dict(fresh.encoder.vlm.named_modules())["visual.blocks.0.attn.qkv"].weight
+    torch.testing.assert_close(merged, base + (8.0 / 4) * b @ a)  # W + (alpha / r) B A
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    from train_helpers import fixed_batch
+
+    from deepgen_core.train.modeling import (
+        draw_step_noise,
+        enable_gradient_checkpointing,
+    )
+
+    config = tiny_config("sft", tiny_data(tmp_path / "data"), tmp_path / "x")
+    batch = fixed_batch(config)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = DeepGenTrainModel(tiny_components(seed=0))
+        setup_stage(model, config)
+        model.train()
+        for module in model.modules():  # dropout off: both passes must see the same function
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model(batch, draw_step_noise(model, batch, torch.Generator().manual_seed(0)))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_samples_and_tensorboard(tmp_path):
+    _, _, result = _train("pretrain", tmp_path, **{"logging.sample_every": 2, "logging.tensorboard": "true", "max_steps": 2,
+                                                   "checkpoint.export_at_end": "false"})
+    assert sorted(p.name for p in (result.output_dir / "samples").iterdir()) == ["step-00000002-0.png"]
+    assert list((result.output_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert result.export_dir is None

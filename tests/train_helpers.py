@@ -66,7 +66,7 @@ def run(stage: str, overrides: list[str], nproc: int = 2, env: dict[str, str] | 
     return out
 
 
-def fixed_batch(data: dict[str, Path], config) -> dict:
+def fixed_batch(config) -> dict:
     source = SourceDataset(config.data.sources[0], config.data)
     samples = [source[i] for i in range(2)]
     return {"pixel_values": [s["pixel_values"] for s in samples], "texts": [s["text"] for s in samples]}
