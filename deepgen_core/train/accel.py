@@ -63,7 +63,7 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
         gradient_accumulation_steps=grad_accum,
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
-        cpu=config.cpu,
+        cpu=config.cpu and plugin is None,  # with `cpu`, accelerate ignores the DeepSpeed plugin (MULTI_CPU)
         project_dir=str(project_dir),
         log_with=log_with,
     )

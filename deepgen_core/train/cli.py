@@ -19,6 +19,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("overrides", nargs="*", help="config overrides like optim.lr=1e-5 checkpoint.output_dir=runs/x")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+        # The `deepspeed` launcher appends --local_rank=N; the rank is taken from the environment it also sets.
+        p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     data = stages.add_parser("tiny-data", help="write the synthetic dataset the tiny recipes read")
     data.add_argument("out", nargs="?", default="runs/tiny-data")
 

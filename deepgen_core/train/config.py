@@ -18,9 +18,12 @@ import yaml
 
 from ..errors import DeepGenInputError
 
-TEXT_LAYER_LORA_TARGETS = (
-    r".*language_model\.(embed_tokens|layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj)))"
-)
+
+def text_layer_lora_targets(layers: range) -> str:
+    """Regex of embed_tokens and the attention/MLP linears of the given text layers."""
+    numbers = "|".join(str(i) for i in layers)
+    return rf".*language_model\.(embed_tokens|layers\.({numbers})\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj)))"
+
 DATA_FORMATS = ("caption_json", "blip3o", "edit", "tar")
 TASKS = ("text2image", "image2image")
 
@@ -56,7 +59,7 @@ class LoraSettings:
     rank: int = field(default=64, metadata={"help": "LoRA rank r (reference: 64)"})
     alpha: float = field(default=128.0, metadata={"help": "LoRA alpha (reference: 128, scale 2)"})
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference main repo: 0.05)"})
-    target_modules: str = field(default=TEXT_LAYER_LORA_TARGETS, metadata={"help": "regex (full match) of VLM module names; default: the text layers and embed_tokens, where gradients flow (the reference's vision-tower LoRA never gets gradients, §1.8)"})
+    target_modules: str = field(default="auto", metadata={"help": "regex (full match) of VLM module names, or 'auto': embed_tokens and the linears of the text layers whose output reaches the SCB (gradients flow only there: the vision tower runs without grad, and layers after the deepest stacked hidden state feed nothing, §1.3/§1.8)"})
 
 
 @dataclass
@@ -128,15 +131,19 @@ class DistributedConfig:
     process_group_backend: str | None = field(default=None, metadata={"help": "torch.distributed backend; default nccl on GPU, gloo on CPU"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
 
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+            self.mixed_precision = "no"
+
 
 @dataclass
 class CheckpointConfig:
     output_dir: str = field(default="runs/deepgen", metadata={"help": "run folder: checkpoints/, tensorboard/, samples/, metrics.jsonl, exports"})
     save_every: int = field(default=1000, metadata={"help": "save a resumable checkpoint every N optimizer steps (0: only at the end)"})
+    save_at_end: bool = field(default=True, metadata={"help": "save a resumable checkpoint after the last step"})
     keep_last: int = field(default=5, metadata={"help": "keep the N newest checkpoints (reference: 5)"})
     resume: str = field(default="auto", metadata={"help": "'auto' (latest complete checkpoint in output_dir, if any), 'never', or a checkpoint folder"})
-    export_at_end: bool = field(default=True, metadata={"help": "write an inference checkpoint (converted layout) at the end of training"})
-    export_lora: str = field(default="merge", metadata={"help": "'merge' the VLM LoRA into the exported weights, or keep it 'separate' (reference-style keys)"})
+    export_at_end: bool = field(default=True, metadata={"help": "at the end, write export/ (converted layout, LoRA merged) and export-reference/deepgen_checkpoint.safetensors (reference layout, LoRA as separate keys)"})
 
 
 @dataclass
@@ -181,8 +188,6 @@ class TrainConfig:
             raise DeepGenInputError("stage 'pretrain' trains only the bridge: set train_transformer: false and lora.enabled: false, or use stage 'sft'.")
         if self.optim.warmup_steps >= self.max_steps:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
-        if self.checkpoint.export_lora not in ("merge", "separate"):
-            raise DeepGenInputError(f"checkpoint.export_lora must be 'merge' or 'separate', got {self.checkpoint.export_lora!r}.")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
 

@@ -114,8 +114,8 @@ def import_checkpoint(model: DeepGenTrainModel, path: str | Path, lora_alpha: fl
     """Load a reference-layout checkpoint (pre-train, SFT, RL, or `export_reference_checkpoint`) into `model`.
 
     Bridge tensors and any DiT tensors overlay the current weights (a pre-train file holds only the DiT
-    pos-embed buffer). VLM LoRA pairs go into the peft LoRA when one is attached (to keep training it), else
-    they are merged into the VLM weights with `lora_alpha`.
+    pos-embed buffer). VLM LoRA pairs go into the peft LoRA where one is attached (to keep training it); pairs of
+    other modules are merged into the VLM weights with `lora_alpha`.
     """
     parts = convert_reference_state_dict(read_state_dict(path))
     logger.info("importing %s: %s", path, parts.summary())
@@ -127,15 +127,17 @@ def import_checkpoint(model: DeepGenTrainModel, path: str | Path, lora_alpha: fl
     if not parts.vlm_lora:
         return
     ours, _ = lora_pairs(model.encoder.vlm)
-    if not ours:
-        merge_vlm_lora(model.encoder.vlm, parts.vlm_lora, alpha=lora_alpha)
-        return
-    missing = sorted(set(parts.vlm_lora) - set(ours))
-    if missing:
-        raise CheckpointError(f"{path} has a LoRA for {len(missing)} VLM modules the attached LoRA does not target (first: {missing[0]}); widen lora.target_modules.")
+    # Pairs for modules the attached LoRA trains go into it; the rest (the reference's vision-tower, lm_head or
+    # last-layer adapters, which never receive gradients and so stay at B = 0) are merged into the base weights.
+    others = {name: pair for name, pair in parts.vlm_lora.items() if name not in ours}
+    if others:
+        logger.info("merging %d LoRA modules of %s that the attached LoRA does not train", len(others), path)
+        merge_vlm_lora(model.encoder.vlm, others, alpha=lora_alpha)
     modules = dict(model.encoder.vlm.named_modules())
     with torch.no_grad():
         for name, pair in parts.vlm_lora.items():
+            if name in others:
+                continue
             for kind, tensor in pair.items():
                 holder = getattr(modules[name], kind)["default"]
                 target = holder.weight if isinstance(holder, nn.Module) else holder

@@ -30,7 +30,7 @@ from ..loading import (
 from ..models.transformer import DeepGenSD3Transformer
 from ..models.vlm import DeepGenEncoder
 from ..pipeline import DeepGenPipeline
-from .config import LoraSettings, ModelConfig
+from .config import LoraSettings, ModelConfig, text_layer_lora_targets
 from .objectives import (
     FlowMatchingTargets,
     flow_matching_loss,
@@ -115,7 +115,9 @@ class DeepGenTrainModel(nn.Module):
                 references.append(flat[k : k + len(refs)])
                 k += len(refs)
         embeddings = self.pipeline().encode_prompt(batch["texts"], [], sources, max_text_length=self.max_text_length)
-        timesteps, sigmas = training_schedule(self.scheduler, noise.u.to(self.transformer.device), self.transformer.dtype)
+        # The table lookup runs on the CPU (the scheduler's tables live there), then moves to the model's device.
+        timesteps, sigmas = training_schedule(self.scheduler, noise.u.cpu(), self.transformer.dtype)
+        timesteps, sigmas = timesteps.to(self.transformer.device), sigmas.to(self.transformer.device)
         eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
         targets = FlowMatchingTargets(latents, eps, timesteps, sigmas)
         predictions = predict_velocity(self.transformer, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
@@ -174,13 +176,21 @@ def fresh_bridge_components(config: ModelConfig) -> DeepGenComponents:
     return DeepGenComponents(load_tokenizer(config.vlm), encoder, transformer, vae, scheduler)
 
 
-def attach_lora(vlm: nn.Module, settings: LoraSettings) -> int:
+def attach_lora(encoder: DeepGenEncoder, settings: LoraSettings) -> int:
     """Add a peft LoRA (adapter 'default') to the VLM modules matching `settings.target_modules`; returns the
-    number of LoRA parameters. Gaussian init as the reference: Linear B = 0, Embedding A = 0 (an identity)."""
+    number of LoRA parameters. Gaussian init as the reference: Linear B = 0, Embedding A = 0 (an identity).
+
+    'auto' targets embed_tokens and the text layers up to the deepest one the SCB stacks: hidden state k is the
+    output of layer k-1, so layers >= max(scb_layer_indices) never influence the loss (the reference's 'auto'
+    also wrapped them and the vision tower; those adapters stay at their identity init)."""
     from peft import LoraConfig
 
+    targets = settings.target_modules
+    if targets == "auto":
+        targets = text_layer_lora_targets(range(max(encoder.config.scb_layer_indices)))
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, init_lora_weights="gaussian")
+                        target_modules=targets, init_lora_weights="gaussian")
+    vlm = encoder.vlm
     try:
         vlm.add_adapter(config)
     except ValueError as exc:

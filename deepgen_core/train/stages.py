@@ -33,7 +33,7 @@ def setup_sft(model: DeepGenTrainModel, config: TrainConfig) -> None:
     """Stage 2: bridge + whole DiT (`train_transformer`) + VLM LoRA (`lora.enabled`)."""
     _freeze_all_but_bridge(model)
     if config.lora.enabled:
-        attach_lora(model.encoder.vlm, config.lora)
+        attach_lora(model.encoder, config.lora)
         for name, param in model.encoder.vlm.named_parameters():
             param.requires_grad_("lora_" in name)
     if config.train_transformer:

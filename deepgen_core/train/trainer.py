@@ -62,10 +62,13 @@ class Trainer:
 
     Args:
         config: the validated stage config.
-        dataset: optional dataset override (tests); default: `MixedDataset(config.data)`.
+        dataset: optional dataset override (tests, benchmarks); default: `MixedDataset(config.data)`.
+        model: optional pre-built model with the stage already applied (benchmarks); default: built from
+            `config.model` by `build_model`.
     """
 
-    def __init__(self, config: TrainConfig, dataset: MixedDataset | None = None) -> None:
+    def __init__(self, config: TrainConfig, dataset: MixedDataset | None = None, model: DeepGenTrainModel | None = None) -> None:
+        self.prebuilt = model
         self.config = config
         self.out = Path(config.checkpoint.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +81,8 @@ class Trainer:
 
     def build_model(self) -> DeepGenTrainModel:
         cfg = self.config
+        if self.prebuilt is not None:
+            return self.prebuilt.to(self.accelerator.device).train()
         torch.manual_seed(cfg.seed)  # LoRA init; identical on every rank
         model = DeepGenTrainModel(build_components(cfg.model))
         self.trainable_counts = setup_stage(model, cfg)
@@ -163,6 +168,8 @@ class Trainer:
             values[f"loss/{task}"] = torch.stack(task_losses).mean().item()
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
+        if torch.cuda.is_available():
+            values["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return values
 
     # ------------------------------------------------------------------------------------------- side tasks
@@ -182,7 +189,7 @@ class Trainer:
     def _periodic(self, step: int, model, optimizer, scheduler, ckpt: CheckpointManager, consumed: int) -> None:
         cfg = self.config
         every = cfg.checkpoint.save_every
-        if (every and step % every == 0) or step == cfg.max_steps:
+        if (every and step % every == 0) or (step == cfg.max_steps and cfg.checkpoint.save_at_end):
             ckpt.save(step, model, optimizer, scheduler, {"consumed_micro_batches": consumed, "stage": cfg.stage,
                                                           "micro_batch_size": cfg.micro_batch_size, "deepspeed": is_deepspeed(self.accelerator)})
         log = cfg.logging
