@@ -60,20 +60,23 @@ def tiny_config(tmp_path, **sections) -> RLConfig:
 
 @pytest.mark.slow
 def test_mean_reward_rises_while_kl_stays_bounded(tmp_path):
-    """Behavioural check (acceptance 2): brightness reward, 30 steps of 8 images on the tiny model."""
-    config = tiny_config(tmp_path, run={"max_steps": 30})
+    """Behavioural check (acceptance 2) with the reference's sampler (cps_sde, eta 1, last step excluded) and its
+    simplified log-prob: brightness reward, 30 steps of 2 prompts x 4 images (32 px, 4 denoising steps)."""
+    config = tiny_config(tmp_path, rollout={"sampler": "cps_sde"}, policy={"timestep_fraction": 0.75, "include_last_step": False, "kl_beta": 1e-5},
+                         optim={"lr": 3e-3}, run={"max_steps": 30})
     history = RLTrainer(config, components=tiny_rl_components()).run().history
     rewards = [h["reward"] for h in history]
     kls = [h["kl"] for h in history]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.08, f"mean reward did not rise clearly: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    assert last > first + 0.2, f"mean reward did not rise clearly: first 5 steps {first:.3f}, last 5 {last:.3f}"
     assert kls[0] == 0.0  # the first update starts from the reference weights
-    assert all(math.isfinite(k) and k < 60 for k in kls), f"KL not bounded: {kls}"
-    assert max(kls[-10:]) < 2 * max(kls[:10]) + 1  # no runaway drift from the reference
+    # v-space KL is (v - v_ref)^2 / (2 sigma'^2): large numbers at small sigma', but it must not run away.
+    assert all(math.isfinite(k) and k < 500 for k in kls), f"KL not bounded: {kls}"
+    assert max(kls[-10:]) < 3 * max(kls[:10]), f"KL drifts away from the reference: {kls}"
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
-    full = RLTrainer(tiny_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2})).run()
+    full = RLTrainer(tiny_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2, "save_images_every": 2})).run()
     RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 2, "save_every": 2})).run()
     resumed = RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 4, "save_every": 2})).run()
     assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[2:]]
@@ -84,6 +87,9 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
         assert key in record, key
     assert (tmp_path / "a" / "run" / "checkpoints" / "step-00000004" / "checkpoint.json").is_file()
     assert (tmp_path / "a" / "run" / "export").is_dir()
+    grid = json.loads((tmp_path / "a" / "run" / "samples" / "step-00000004" / "rank0.json").read_text())
+    assert len(grid["images"]) == 4 and {"advantage", "scores", "details"} <= set(grid["images"][0])
+    assert (tmp_path / "a" / "run" / "samples" / "step-00000004" / "rank0.png").is_file()
 
 
 def test_only_the_dit_trains_and_the_reference_stays(tmp_path):

@@ -223,7 +223,7 @@ class RLTrainer:
         values.update(reward_metrics(scored))
         values.update({"lr": lr, "time/rollout": t1 - t0 - scored.reward_seconds, "time/reward": scored.reward_seconds, "time/update": t2 - t1})
         every = cfg.run.save_images_every
-        if every and step % every == 0:
+        if every and (step + 1) % every == 0:
             save_rollout_grid(scored, self.out / "samples" / f"step-{step + 1:08d}", self.rank)
         return values
 
