@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from deepgen_core.train.rl.preview import rollout_preview
 from deepgen_core.train.rl.trainer import RLTrainer
 from deepgen_core.train.trainer import derived_seed
 
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
 PROMPTS = ["a red cube on a table", "a cat under a blue umbrella", "a lighthouse at night"]
 
 
@@ -132,6 +134,12 @@ def test_preview_equals_the_trainer(tmp_path):
     assert preview.prompts == scored.rollout.prompts
 
 
+@pytest.mark.parametrize("recipe", ["rl.yaml", "rl-tiny.yaml"])
+def test_shipped_rl_recipes_validate(recipe):
+    config = load_rl_config(RECIPES / recipe)
+    assert config.rollout.group_size >= 2 and config.optim.min_lr_ratio == 1.0
+
+
 def test_config_validation_and_cli(tmp_path, capsys):
     with pytest.raises(DeepGenInputError, match="group_size"):
         tiny_config(tmp_path, rollout={"group_size": 1})
@@ -139,9 +147,9 @@ def test_config_validation_and_cli(tmp_path, capsys):
         tiny_config(tmp_path, policy={"sft_coef": 0.1})
     with pytest.raises(DeepGenInputError, match="unknown config keys"):
         tiny_config(tmp_path, policy={"kl": 1.0})
-    config = load_rl_config("train/recipes/rl-tiny.yaml", ["optim.lr=5e-4", "policy.reference_stepping=true"])
+    config = load_rl_config(RECIPES / "rl-tiny.yaml", ["optim.lr=5e-4", "policy.reference_stepping=true"])
     assert config.optim.lr == 5e-4 and config.policy.reference_stepping and config.optim.min_lr_ratio == 1.0
-    assert main(["train", "rl", "--config", "train/recipes/rl-tiny.yaml", "--print-config", "run.max_steps=7"]) == 0
+    assert main(["train", "rl", "--config", str(RECIPES / "rl-tiny.yaml"), "--print-config", "run.max_steps=7"]) == 0
     assert json.loads(capsys.readouterr().out)["run"]["max_steps"] == 7
 
 
