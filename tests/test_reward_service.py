@@ -114,3 +114,37 @@ def test_client_survives_misbehaving_server(misbehaving, mode, marker):
 def test_off_loopback_requires_a_token():
     with pytest.raises(DeepGenInputError, match="--token"):
         RewardServer({}, host="0.0.0.0", port=0)
+
+
+def test_reward_server_cli(tmp_path):
+    """`deepgen reward-server` as a process: health, scoring with a token, and argument errors."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from deepgen_core.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "token").write_text("t0k\n")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "deepgen_core.cli", "reward-server", "--reward", "brightness", "--port", str(port), "--token-file", str(tmp_path / "token")]
+    server = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                health = json.loads(urllib.request.urlopen(url + "/health", timeout=1).read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health["rewards"] == ["brightness"]
+        assert HTTPReward(url, "brightness", token="t0k", timeout=5)(IMAGES, PROMPTS).scores == [1.0, 0.0]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert main(["reward-server", "--reward", "clip_sim"]) == 2  # needs --clip-path: a clear error, exit code 2
+    assert main(["reward-server", "--reward", "brightness", "--host", "0.0.0.0"]) == 2  # off loopback without a token

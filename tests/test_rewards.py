@@ -129,6 +129,9 @@ def test_vlm_pairwise_both_orders_and_parse_failures(judge_url):
     assert out.scores[:3] == [0.0, 1.0, 0.5]
     # Group "garble": both orders unparsable -> ties, counted.
     assert out.scores[3:] == [0.5, 0.5] and reward.parse_failures == 2 and "unparsed" in out.details[3]
+    # Two groups that share a prompt stay separate when the group size is given (a rollout batch).
+    split = VLMPairwiseReward(judge_url, workers=4)(greys[:2] * 2, ["a"] * 4, group_size=2)
+    assert split.scores == [0.0, 1.0, 0.0, 1.0]
     assert parse_preference("<answer>Image 2 is better</answer>") == 1
     assert parse_preference("Image 1 is better. Image 2 is better.") is None
 

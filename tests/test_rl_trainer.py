@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from deepgen_core.train.rl.preview import rollout_preview
 from deepgen_core.train.rl.trainer import RLTrainer
 from deepgen_core.train.trainer import derived_seed
 
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
 PROMPTS = ["a red cube on a table", "a cat under a blue umbrella", "a lighthouse at night"]
 
 
@@ -59,20 +62,23 @@ def tiny_config(tmp_path, **sections) -> RLConfig:
 
 @pytest.mark.slow
 def test_mean_reward_rises_while_kl_stays_bounded(tmp_path):
-    """Behavioural check (acceptance 2): brightness reward, 30 steps of 8 images on the tiny model."""
-    config = tiny_config(tmp_path, run={"max_steps": 30})
+    """Behavioural check (acceptance 2) with the reference's sampler (cps_sde, eta 1, last step excluded) and its
+    simplified log-prob: brightness reward, 30 steps of 2 prompts x 4 images (32 px, 4 denoising steps)."""
+    config = tiny_config(tmp_path, rollout={"sampler": "cps_sde"}, policy={"timestep_fraction": 0.75, "include_last_step": False, "kl_beta": 1e-5},
+                         optim={"lr": 3e-3}, run={"max_steps": 30})
     history = RLTrainer(config, components=tiny_rl_components()).run().history
     rewards = [h["reward"] for h in history]
     kls = [h["kl"] for h in history]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.08, f"mean reward did not rise clearly: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    assert last > first + 0.2, f"mean reward did not rise clearly: first 5 steps {first:.3f}, last 5 {last:.3f}"
     assert kls[0] == 0.0  # the first update starts from the reference weights
-    assert all(k == k and k < 60 for k in kls), f"KL not bounded: {kls}"
-    assert max(kls[-10:]) < 2 * max(kls[:10]) + 1  # no runaway drift from the reference
+    # v-space KL is (v - v_ref)^2 / (2 sigma'^2): large numbers at small sigma', but it must not run away.
+    assert all(math.isfinite(k) and k < 500 for k in kls), f"KL not bounded: {kls}"
+    assert max(kls[-10:]) < 3 * max(kls[:10]), f"KL drifts away from the reference: {kls}"
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
-    full = RLTrainer(tiny_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2})).run()
+    full = RLTrainer(tiny_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2, "save_images_every": 2})).run()
     RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 2, "save_every": 2})).run()
     resumed = RLTrainer(tiny_config(tmp_path / "b", run={"max_steps": 4, "save_every": 2})).run()
     assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[2:]]
@@ -83,6 +89,9 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
         assert key in record, key
     assert (tmp_path / "a" / "run" / "checkpoints" / "step-00000004" / "checkpoint.json").is_file()
     assert (tmp_path / "a" / "run" / "export").is_dir()
+    grid = json.loads((tmp_path / "a" / "run" / "samples" / "step-00000004" / "rank0.json").read_text())
+    assert len(grid["images"]) == 4 and {"advantage", "scores", "details"} <= set(grid["images"][0])
+    assert (tmp_path / "a" / "run" / "samples" / "step-00000004" / "rank0.png").is_file()
 
 
 def test_only_the_dit_trains_and_the_reference_stays(tmp_path):
@@ -125,6 +134,12 @@ def test_preview_equals_the_trainer(tmp_path):
     assert preview.prompts == scored.rollout.prompts
 
 
+@pytest.mark.parametrize("recipe", ["rl.yaml", "rl-tiny.yaml"])
+def test_shipped_rl_recipes_validate(recipe):
+    config = load_rl_config(RECIPES / recipe)
+    assert config.rollout.group_size >= 2 and config.optim.min_lr_ratio == 1.0
+
+
 def test_config_validation_and_cli(tmp_path, capsys):
     with pytest.raises(DeepGenInputError, match="group_size"):
         tiny_config(tmp_path, rollout={"group_size": 1})
@@ -132,7 +147,59 @@ def test_config_validation_and_cli(tmp_path, capsys):
         tiny_config(tmp_path, policy={"sft_coef": 0.1})
     with pytest.raises(DeepGenInputError, match="unknown config keys"):
         tiny_config(tmp_path, policy={"kl": 1.0})
-    config = load_rl_config("train/recipes/rl-tiny.yaml", ["optim.lr=5e-4", "policy.reference_stepping=true"])
+    config = load_rl_config(RECIPES / "rl-tiny.yaml", ["optim.lr=5e-4", "policy.reference_stepping=true"])
     assert config.optim.lr == 5e-4 and config.policy.reference_stepping and config.optim.min_lr_ratio == 1.0
-    assert main(["train", "rl", "--config", "train/recipes/rl-tiny.yaml", "--print-config", "run.max_steps=7"]) == 0
+    assert main(["train", "rl", "--config", str(RECIPES / "rl-tiny.yaml"), "--print-config", "run.max_steps=7"]) == 0
     assert json.loads(capsys.readouterr().out)["run"]["max_steps"] == 7
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_rl(out, *overrides: str) -> list[dict]:
+    """`deepgen train rl` on 2 CPU processes (torchrun, gloo) with the tiny recipe; returns the metrics records."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(repo / "tests" / "rl_entry.py"), "train", "rl", "--config", str(repo / "train/recipes/rl-tiny.yaml"),
+           f"run.output_dir={out}", "run.save_every=0", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_ddp_and_zero2_agree_with_global_advantages(tmp_path):
+    """Two CPU processes, DDP vs DeepSpeed ZeRO-2 (our explicit accumulation boundaries), fp32, 2 steps.
+
+    Advantages: GDPO groups are zero-mean; with the default 'global' scope the batch std is taken over both ranks'
+    16 images, so rank 0's own 8 advantages do not have std 1. Agreement: Adam's first steps move every weight by
+    about +-lr whatever the gradient's size, so gradients that differ only in summation order (DeepSpeed's
+    bucketed reduce-scatter) can flip a few tiny updates: step-2 values agree to ~1%, not bitwise."""
+    ddp = _launch_rl(tmp_path / "ddp", "run.max_steps=2")
+    zero = _launch_rl(tmp_path / "zero", "run.max_steps=2", "distributed.deepspeed_config=train/accelerate/zero2.json")
+    assert abs(ddp[0]["advantage/mean"]) < 1e-5 and abs(ddp[0]["advantage/std"] - 1) > 1e-3
+    for a, b in zip(ddp, zero):
+        assert a["optimizer_updates"] == b["optimizer_updates"] == 1
+        for key in ("reward", "kl", "loss/policy", "advantage/std"):
+            assert b[key] == pytest.approx(a[key], rel=2e-2, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_zero2_reference_stepping_with_per_rank_advantages(tmp_path):
+    """The reference's semantics under ZeRO-2: an optimizer update after each of the 3 backwards, and advantages
+    normalised per rank (§9.12-9.13): rank 0's 8 advantages have std s / (s + 1e-4) ~ 1."""
+    records = _launch_rl(tmp_path / "ref", "run.max_steps=1", "policy.reference_stepping=true", "policy.advantage_scope=per_rank",
+                         "distributed.deepspeed_config=train/accelerate/zero2.json")
+    assert records[0]["optimizer_updates"] == 3
+    assert abs(records[0]["advantage/std"] - 1) < 1e-3

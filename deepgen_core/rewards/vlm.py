@@ -109,11 +109,17 @@ class VLMPairwiseReward:
             return winner, "ok" if winner is not None else "unparsed"
         return None, "failed"
 
-    def __call__(self, images: list[Image.Image], prompts: list[str], **metadata) -> RewardOutput:
+    def __call__(self, images: list[Image.Image], prompts: list[str], group_size: int | None = None, **metadata) -> RewardOutput:
+        """Score `images`; groups are `group_size` consecutive images when given (a rollout's groups), else runs of
+        consecutive identical prompts."""
         check_batch(images, prompts, self.name)
         urls = [image_to_data_url(img) for img in images]
+        if group_size:
+            groups = [list(range(s, min(s + group_size, len(images)))) for s in range(0, len(images), group_size)]
+        else:
+            groups = groups_of_equal_prompts(list(prompts))
         # Every unordered pair of a group, asked in both orders.
-        jobs = [(a, b) for group in groups_of_equal_prompts(list(prompts)) for i, j in itertools.combinations(group, 2) for a, b in ((i, j), (j, i))]
+        jobs = [(a, b) for group in groups for i, j in itertools.combinations(group, 2) for a, b in ((i, j), (j, i))]
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs) or 1))) as pool:
             results = list(pool.map(lambda job: self._judge(prompts[job[0]], urls[job[0]], urls[job[1]]), jobs))
         wins, games = [0.0] * len(images), [0] * len(images)

@@ -183,7 +183,7 @@ def score_rollout(
         raise DeepGenInputError(f"got {len(sample_weights)} weight sets for {len(ro.images)} images; give one per image.")
     names = sorted(rewards)
     started = time.perf_counter()
-    outputs = {name: rewards[name](ro.images, ro.prompts) for name in names}
+    outputs = {name: rewards[name](ro.images, ro.prompts, group_size=ro.group_size) for name in names}
     matrix = score_matrix({n: o.scores for n, o in outputs.items()}, names)
     weights = weight_matrix([dict(w) for w in sample_weights], names)
     scored = ScoredRollout(ro, names, outputs, matrix, weights, weighted_total(matrix, weights), reward_seconds=time.perf_counter() - started)

@@ -20,13 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...errors import DeepGenInputError
 from ...loading import DeepGenComponents
 from ...rewards import build_reward
 from ...rewards.base import Reward
 from ...rewards.service import HTTPReward
 from ..accel import build_accelerator, is_deepspeed
 from ..checkpointing import CheckpointManager
-from ..export import export_inference
+from ..export import export_inference, import_checkpoint
 from ..metrics import MetricsLog
 from ..modeling import DeepGenTrainModel, build_components
 from ..optim import build_optimizer, build_scheduler
@@ -37,7 +38,7 @@ from .reporting import reward_metrics, save_rollout_grid
 from .prompts import PromptSampler
 from .rollout import RolloutSettings, ScoredRollout, rollout, score_rollout
 from .sft import SFTAuxStream
-from .update import choose_timesteps, policy_update
+from .update import choose_timesteps, num_trained_steps, policy_update
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,17 @@ class RLTrainer:
         self.rewards = rewards if rewards is not None else build_rewards(self.prompts.reward_names, config.rewards.options)
         missing = sorted(set(self.prompts.reward_names) - set(self.rewards))
         if missing:
-            raise ValueError(f"the prompt datasets weight rewards {missing} that were not provided.")
+            raise DeepGenInputError(f"the prompt datasets weight rewards {missing} that were not provided; pass them or drop their weights.")
         r = config.rollout
-        self.settings = RolloutSettings(r.sampler, r.eta, r.num_inference_steps, r.guidance_scale, r.height, r.width, None, "", r.same_noise_per_group)
-        self.n_train_steps = len(choose_timesteps(r.num_inference_steps, config.policy.timestep_fraction, config.policy.include_last_step, random.Random(0)))
+        self.settings = RolloutSettings(sampler=r.sampler, eta=r.eta, num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale,
+                                        height=r.height, width=r.width, same_noise_per_group=r.same_noise_per_group)
+        trained = num_trained_steps(r.num_inference_steps, config.policy.timestep_fraction, config.policy.include_last_step)
         micro = -(-config.images_per_step // config.policy.micro_batch_size)
-        self.backwards_per_update = 1 if config.policy.reference_stepping else self.n_train_steps * micro + (config.policy.sft_coef > 0)
+        backwards = trained * micro + (config.policy.sft_coef > 0)
+        # Backwards per optimizer update (DeepSpeed's accumulation count; our boundaries are explicit anyway) and
+        # updates per RL step (the LR schedule counts optimizer updates, as the reference's does).
+        self.backwards_per_update = 1 if config.policy.reference_stepping else backwards
+        self.updates_per_step = backwards if config.policy.reference_stepping else 1
         log_with = ["tensorboard"] if config.run.tensorboard else None
         self.accelerator = build_accelerator(config.distributed, config.policy.micro_batch_size, self.backwards_per_update, config.optim.grad_clip, self.out, log_with)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -108,6 +114,8 @@ class RLTrainer:
         """The policy (DiT trainable, everything else frozen) and the frozen reference DiT (a copy of the start)."""
         cfg = self.config
         inner = DeepGenTrainModel(self._components if self._components is not None else build_components(cfg.model))
+        if cfg.model.init_checkpoint:
+            import_checkpoint(inner, cfg.model.init_checkpoint)
         inner.requires_grad_(False)
         inner.transformer.requires_grad_(True)
         if cfg.model.gradient_checkpointing:
@@ -130,7 +138,7 @@ class RLTrainer:
         logger.info("RL config:\n%s", cfg.to_json())
         policy, ref = self.build_model()
         optimizer = build_optimizer(policy, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim, cfg.run.max_steps * self.backwards_per_update)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.run.max_steps * self.updates_per_step)
         model, optimizer = acc.prepare(policy, optimizer)
         if cfg.run.tensorboard:
             acc.init_trackers("tensorboard", config={"config": cfg.to_json()})
@@ -215,7 +223,7 @@ class RLTrainer:
         values.update(reward_metrics(scored))
         values.update({"lr": lr, "time/rollout": t1 - t0 - scored.reward_seconds, "time/reward": scored.reward_seconds, "time/update": t2 - t1})
         every = cfg.run.save_images_every
-        if every and step % every == 0:
+        if every and (step + 1) % every == 0:
             save_rollout_grid(scored, self.out / "samples" / f"step-{step + 1:08d}", self.rank)
         return values
 

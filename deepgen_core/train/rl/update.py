@@ -21,11 +21,15 @@ from .losses import clip_fraction, clipped_policy_loss, probability_ratio, veloc
 from .rollout import Rollout, RolloutSettings, dit_velocity
 
 
+def num_trained_steps(num_steps: int, fraction: float, include_last: bool) -> int:
+    """How many denoising steps one update trains: int(num_steps x fraction), at most the candidates."""
+    return min(int(num_steps * fraction), num_steps if include_last else num_steps - 1)
+
+
 def choose_timesteps(num_steps: int, fraction: float, include_last: bool, rng: random.Random) -> list[int]:
-    """`int(num_steps * fraction)` distinct step indices, sorted; the last step only if `include_last` (§6.7)."""
+    """`num_trained_steps` distinct step indices, sorted; the last step only if `include_last` (§6.7)."""
     candidates = num_steps if include_last else num_steps - 1
-    count = min(int(num_steps * fraction), candidates)
-    return sorted(rng.sample(range(candidates), count))
+    return sorted(rng.sample(range(candidates), num_trained_steps(num_steps, fraction, include_last)))
 
 
 @dataclass
