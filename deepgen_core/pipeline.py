@@ -19,6 +19,7 @@ from PIL import Image
 
 from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
 from .errors import DeepGenInputError
+from .fast_path import FastPathMixin, uses_component
 from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
 from .loading import DeepGenComponents, is_converted, load_converted, load_release, save_converted
 from .prompts import edit_prompt, text_to_image_prompt
@@ -51,8 +52,9 @@ class PromptEmbeddings:
     negative_pooled_prompt_embeds: torch.Tensor
 
 
-class DeepGenPipeline:
-    """DeepGen 1.0 inference.
+class DeepGenPipeline(FastPathMixin):
+    """DeepGen 1.0 inference. Speed/memory switches (`enable_fast_path`, `set_offload`, `enable_vae_tiling`)
+    come from `FastPathMixin`; by default the DiT runs as CUDA graphs on CUDA (exact).
 
     Args:
         tokenizer: the Qwen2.5-VL tokenizer (left padding).
@@ -120,13 +122,13 @@ class DeepGenPipeline:
         return save_converted(self.components(), out_dir, dtype)
 
     def to(self, device: str | torch.device) -> DeepGenPipeline:
-        for module in (self.encoder, self.transformer, self.vae):
-            module.to(device)
+        self.set_offload("none", device)
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """The execution device (with offload the weights may wait elsewhere)."""
+        return self._execution_device or next(self.transformer.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -189,6 +191,7 @@ class DeepGenPipeline:
         batch = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
+    @uses_component("encoder")
     def encode_prompt(
         self,
         prompts: list[str],
@@ -221,6 +224,7 @@ class DeepGenPipeline:
         context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length)
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 
+    @uses_component("vae")
     def encode_reference_latents(self, reference_pixels: list[list[torch.Tensor]], generator: Generator = None, mode: Literal["sample", "mode"] = "sample") -> list[list[torch.Tensor]]:
         """VAE latents of each reference, shifted and scaled: (mean + std * eps - shift) * scale (§3.4).
 
@@ -249,6 +253,7 @@ class DeepGenPipeline:
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return noise.to(self.device, self.dtype)
 
+    @uses_component("transformer")
     def denoise(
         self,
         latents: torch.Tensor,
@@ -272,9 +277,10 @@ class DeepGenPipeline:
         else:
             context, pooled, refs = e.prompt_embeds, e.pooled_prompt_embeds, reference_latents
         batch = context.shape[0]
+        velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
         for i in range(num_inference_steps):
             model_input = torch.cat([latents, latents]) if do_cfg else latents
-            velocity = self.transformer(model_input, context, pooled, timesteps[i].expand(batch), reference_latents=refs).sample
+            velocity = velocity_fn(model_input, context, pooled, timesteps[i].expand(batch), refs)
             if do_cfg:
                 uncond, cond = velocity.chunk(2)
                 velocity = uncond + guidance_scale * (cond - uncond)
@@ -291,6 +297,7 @@ class DeepGenPipeline:
                     latents = result["latents"]
         return latents
 
+    @uses_component("vae")
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 16, h, w) scaled latents -> (B, 3, 8h, 8w) pixels in about [-1, 1]."""
         cfg = self.vae.config

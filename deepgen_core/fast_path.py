@@ -1,0 +1,173 @@
+"""The pipeline's speed and memory switches: DiT fast path, offload modes and VAE tiling.
+
+`FastPathMixin` is a base of `DeepGenPipeline`. Defaults: CUDA graphs over the DiT forward on CUDA ("auto",
+exact), everything else off. The denoising loop stays in Python, so the per-step callback (progress, preview,
+cancel) runs after every step whatever is switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .acceleration import CompileMode, DiTGraphRunner, compile_transformer, fuse_qkv, quantize_fp8
+from .errors import DeepGenInputError
+
+logger = logging.getLogger(__name__)
+
+OffloadMode = Literal["none", "model", "sequential"]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+def uses_component(*names: str) -> Callable:
+    """Decorate a pipeline step that runs the named components (moved to the GPU for it under offload "model")."""
+
+    def decorate(step: Callable) -> Callable:
+        @functools.wraps(step)
+        def run(self, *args, **kwargs):
+            with self.on_execution_device(*(getattr(self, name) for name in names)):
+                return step(self, *args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+class FastPathMixin:
+    """Speed/memory switches shared by every pipeline entry point (see the module docstring)."""
+
+    transformer: nn.Module
+    encoder: nn.Module
+    vae: nn.Module
+    _cuda_graphs: bool | Literal["auto"] = "auto"
+    _graph_runner: DiTGraphRunner | None = None
+    _offload: OffloadMode = "none"
+    _execution_device: torch.device | None = None
+
+    def enable_fast_path(
+        self,
+        cuda_graphs: bool | Literal["auto"] = "auto",
+        compile: CompileMode | None = None,
+        fuse_projections: bool = False,
+        fp8: bool = False,
+        attention_backend: str | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
+
+        Args:
+            cuda_graphs: replay the DiT forward as a CUDA graph (one per input shape; the first call of a shape
+                pays a warm-up and capture). "auto": on for CUDA inference without sequential offload. Exact.
+            compile: "regional" (per transformer block) or "full" `torch.compile`; the first call of a shape
+                compiles (cache it with `acceleration.save_compile_cache`). Equal within bf16 rounding.
+            fuse_projections: one GEMM for q/k/v per stream. Equal within rounding.
+            fp8: float8 weights (and fp8 GEMMs on sm_89+) for the block Linears; not exact, halves DiT weights.
+            attention_backend: a diffusers attention backend name (`native`, `_native_cudnn`, `_native_flash`,
+                `_native_efficient`, `flash` with flash-attn installed); None keeps the current one.
+            compile_kwargs: extra `torch.compile` arguments.
+        """
+        if cuda_graphs not in (True, False, "auto"):
+            raise DeepGenInputError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}.")
+        if (compile or cuda_graphs is True) and self._offload == "sequential":
+            raise DeepGenInputError("compile and CUDA graphs need resident DiT weights; use offload 'model' or 'none' instead of 'sequential'.")
+        if fp8 and fuse_projections:
+            raise DeepGenInputError("fp8 and fuse_projections cannot be combined; choose one.")
+        if attention_backend is not None:
+            self.transformer.set_attention_backend(attention_backend)
+        if fuse_projections:
+            logger.info("fused q/k/v projections of %d attention modules", fuse_qkv(self.transformer))
+        if fp8:
+            logger.info("stored %d DiT Linear weights in float8", quantize_fp8(self.transformer))
+        if compile is not None:
+            compile_transformer(self.transformer, compile, **(compile_kwargs or {}))
+        self._cuda_graphs = cuda_graphs
+        self._graph_runner = None
+
+    def velocity_function(self) -> VelocityFn:
+        """The DiT call for one denoising loop: `fn(latents, context, pooled, timestep, reference_latents)`.
+
+        Checked once per loop: a graph runner when CUDA graphs apply, else the plain forward. Graphs captured
+        for other weights (moved by offload, a LoRA injected) are dropped and recaptured.
+        """
+        use_graphs = self._cuda_graphs is True or (self._cuda_graphs == "auto" and self.device.type == "cuda")
+        if not use_graphs or self._offload == "sequential" or torch.is_grad_enabled():
+            return self._eager_velocity
+        if self._graph_runner is None or self._graph_runner.transformer is not self.transformer:
+            self._graph_runner = DiTGraphRunner(self.transformer)
+        elif not self._graph_runner.is_valid_for(self.transformer):
+            self._graph_runner.reset()
+        runner = self._graph_runner
+
+        def run(latents, context, pooled, timestep, reference_latents):
+            if runner.supports(latents, reference_latents):
+                return runner(latents, context, pooled, timestep, reference_latents)
+            return self._eager_velocity(latents, context, pooled, timestep, reference_latents)
+
+        return run
+
+    def _eager_velocity(self, latents, context, pooled, timestep, reference_latents) -> torch.Tensor:
+        return self.transformer(latents, context, pooled, timestep, reference_latents=reference_latents).sample
+
+    def release_cuda_graphs(self) -> None:
+        """Free the memory held by captured DiT graphs (they are recaptured on the next call)."""
+        self._graph_runner = None
+
+    # ------------------------------------------------------------------------------------------------ memory
+
+    def set_offload(self, mode: OffloadMode, device: str | torch.device = "cuda") -> None:
+        """Where the weights live between uses.
+
+        Args:
+            mode: "none": all resident on `device`. "model": every component waits on the CPU and visits
+                `device` only while it runs (the VLM during encoding, the DiT while denoising, the VAE), so the
+                peak is about the largest component, the VLM; each call moves ~12 GB of weights. "sequential":
+                accelerate's `cpu_offload` streams each layer's weights per forward (lowest memory, slowest,
+                no CUDA graphs or compile).
+            device: the execution device.
+        """
+        if mode not in ("none", "model", "sequential"):
+            raise DeepGenInputError(f"offload must be 'none', 'model' or 'sequential', got {mode!r}.")
+        if self._offload == "sequential" and mode != "sequential":
+            raise DeepGenInputError("sequential offload cannot be undone on a live pipeline; reload the model.")
+        device = torch.device(device)
+        self._graph_runner = None
+        self._offload, self._execution_device = mode, device
+        if mode == "none":
+            for module in (self.encoder, self.transformer, self.vae):
+                module.to(device)
+        elif mode == "model":
+            for module in (self.encoder, self.transformer, self.vae):
+                module.to("cpu")
+        else:
+            from accelerate import cpu_offload
+
+            for module in (self.encoder, self.transformer, self.vae):
+                cpu_offload(module, execution_device=device)
+
+    @contextlib.contextmanager
+    def on_execution_device(self, *modules: nn.Module) -> Iterator[None]:
+        """With offload "model": move `modules` to the execution device for the block, then back to the CPU."""
+        if self._offload != "model":
+            yield
+            return
+        for module in modules:
+            module.to(self._execution_device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+
+    def enable_vae_tiling(self, enabled: bool = True) -> None:
+        """Decode/encode large images in overlapping tiles (diffusers' `enable_tiling`): less memory at 1024^2
+        and above; tile seams are blended, so pixels differ slightly from an untiled decode."""
+        if enabled:
+            self.vae.enable_tiling()
+        else:
+            self.vae.disable_tiling()
