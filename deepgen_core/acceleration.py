@@ -172,6 +172,24 @@ def compile_transformer(transformer: nn.Module, mode: CompileMode = "regional", 
     return transformer
 
 
+ENCODER_BLOCKS = ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "SiglipEncoderLayer")
+
+
+def compile_encoder(encoder: nn.Module, **compile_kwargs) -> int:
+    """Regional `torch.compile` of the conditioning encoder: VLM decoder layers, vision blocks, connector layers.
+
+    The encoder runs once per image but eagerly it is host-bound (hundreds of small kernels per layer). Prompt
+    lengths vary, so shapes are dynamic by default; graph breaks are allowed (the vision attention splits its
+    windows on the host). Returns the number of compiled blocks.
+    """
+    count = 0
+    for module in encoder.modules():
+        if type(module).__name__ in ENCODER_BLOCKS:
+            module.compile(**{"dynamic": True, **compile_kwargs})
+            count += 1
+    return count
+
+
 def save_compile_cache(path: str | Path) -> int:
     """Write torch's compile artefacts (inductor kernels, autotune results) of this process to `path`.
 

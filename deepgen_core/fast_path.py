@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .acceleration import CompileMode, DiTGraphRunner, compile_transformer, fuse_qkv, quantize_fp8
+from .acceleration import CompileMode, DiTGraphRunner, compile_encoder, compile_transformer, fuse_qkv, quantize_fp8
 from .errors import DeepGenInputError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class FastPathMixin:
         fp8: bool = False,
         attention_backend: str | None = None,
         compile_kwargs: dict[str, Any] | None = None,
+        compile_encoder_blocks: bool = False,
     ) -> None:
         """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
 
@@ -70,7 +71,9 @@ class FastPathMixin:
             fp8: float8 weights (and fp8 GEMMs on sm_89+) for the block Linears; not exact, halves DiT weights.
             attention_backend: a diffusers attention backend name (`native`, `_native_cudnn`, `_native_flash`,
                 `_native_efficient`, `flash` with flash-attn installed); None keeps the current one.
-            compile_kwargs: extra `torch.compile` arguments.
+            compile_kwargs: extra `torch.compile` arguments for the DiT.
+            compile_encoder_blocks: also compile the VLM/vision/connector blocks (dynamic shapes; once per image
+                it saves host time, mostly for edits). Equal within bf16 rounding.
         """
         if cuda_graphs not in (True, False, "auto"):
             raise DeepGenInputError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}.")
@@ -86,6 +89,8 @@ class FastPathMixin:
             logger.info("stored %d DiT Linear weights in float8", quantize_fp8(self.transformer))
         if compile is not None:
             compile_transformer(self.transformer, compile, **(compile_kwargs or {}))
+        if compile_encoder_blocks:
+            logger.info("compiled %d encoder blocks", compile_encoder(self.encoder))
         self._cuda_graphs = cuda_graphs
         self._graph_runner = None
 
@@ -163,6 +168,8 @@ class FastPathMixin:
         finally:
             for module in modules:
                 module.to("cpu")
+            if any(module is self.transformer for module in modules):
+                self._graph_runner = None  # its graphs point at GPU weights that just left; free their pool too
 
     def enable_vae_tiling(self, enabled: bool = True) -> None:
         """Decode/encode large images in overlapping tiles (diffusers' `enable_tiling`): less memory at 1024^2
