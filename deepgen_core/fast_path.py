@@ -39,6 +39,23 @@ def uses_component(*names: str) -> Callable:
     return decorate
 
 
+def park_on_host(module: nn.Module) -> None:
+    """Move a module's tensors to page-locked CPU memory (reused on later calls): the copies back and forth then
+    run at PCIe speed (~20 GB/s) instead of the ~3 GB/s of pageable memory. A module already on the CPU stays."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if not tensors or not torch.cuda.is_available() or all(t.device.type == "cpu" for t in tensors):
+        module.to("cpu")
+        return
+    for t in tensors:
+        host = getattr(t, "_deepgen_host", None)
+        if host is None or host.shape != t.shape or host.dtype != t.dtype:
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            t._deepgen_host = host
+        host.copy_(t.data, non_blocking=True)
+        t.data = host
+    torch.cuda.synchronize()  # the host copies must be complete before anyone reads them on the CPU
+
+
 class FastPathMixin:
     """Speed/memory switches shared by every pipeline entry point (see the module docstring)."""
 
@@ -148,7 +165,7 @@ class FastPathMixin:
                 module.to(device)
         elif mode == "model":
             for module in (self.encoder, self.transformer, self.vae):
-                module.to("cpu")
+                park_on_host(module)
         else:
             from accelerate import cpu_offload
 
@@ -162,12 +179,12 @@ class FastPathMixin:
             yield
             return
         for module in modules:
-            module.to(self._execution_device)
+            module.to(self._execution_device, non_blocking=True)
         try:
             yield
         finally:
             for module in modules:
-                module.to("cpu")
+                park_on_host(module)
             if any(module is self.transformer for module in modules):
                 self._graph_runner = None  # its graphs point at GPU weights that just left; free their pool too
 
