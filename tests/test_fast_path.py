@@ -47,6 +47,18 @@ def test_fused_qkv_matches_separate_projections():
     assert torch.equal(unfused, expected)
 
 
+def test_fused_qkv_shares_storage_with_the_separate_weights():
+    transformer = tiny_transformer().eval()
+    before = sum(p.numel() for p in transformer.parameters())
+    fuse_qkv(transformer)
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in transformer.parameters()}
+    assert sum(storages.values()) == before * 4  # fp32: the fused weights add no memory
+    attn = transformer.transformer_blocks[0].attn
+    with torch.no_grad():
+        attn.to_k.weight.add_(1.0)  # an in-place update of a separate weight reaches the fused copy
+    torch.testing.assert_close(attn.to_qkv.weight[attn.to_q.weight.shape[0] : 2 * attn.to_q.weight.shape[0]], attn.to_k.weight)
+
+
 def test_regional_compile_equals_eager_and_keeps_the_step_callback():
     pipe = _pipe()
     expected = _latents(pipe)
