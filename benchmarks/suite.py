@@ -52,6 +52,7 @@ class Bench:
         self.rows: list[dict] = []
         self.extra: dict = {"skipped": [], "errors": {}}
         self.baseline_latents: dict[str, torch.Tensor] = {}
+        self.label = "CUDA graphs only"  # the DiT configuration of the memory rows; "fast" once compiled
         self.scenarios = [s for s in SCENARIOS if not args.quick or s.name in QUICK]
         t0 = time.perf_counter()
         self.pipe = DeepGenPipeline.from_components(real_size_components("cuda", torch.bfloat16))
@@ -115,6 +116,7 @@ class Bench:
     def fast(self) -> None:
         t0 = time.perf_counter()
         self.pipe.enable_fast_path(cuda_graphs=True, compile="regional", fuse_projections=True)
+        self.label = "fast"
         self.extra["compile_setup_s"] = time.perf_counter() - t0
         for s in self.scenarios:
             runs = 2 if s.name == "t2i_1024_b4" and not self.args.baseline_all else self.args.runs
@@ -137,14 +139,46 @@ class Bench:
         self.pipe.set_offload("model", "cuda")
         try:
             torch.cuda.empty_cache()
-            self.run(s1024, "fast + offload model", runs=2 if self.args.quick else 3)
+            self.run(s1024, f"{self.label} + offload model", runs=2 if self.args.quick else 3)
         finally:
             self.pipe.set_offload("none", "cuda")
         self.pipe.enable_vae_tiling(True)
         try:
-            self.run(s1024, "fast + VAE tiling", runs=2)
+            self.run(s1024, f"{self.label} + VAE tiling (512 px tiles)", runs=2)
         finally:
             self.pipe.enable_vae_tiling(False)
+
+    def offload_probe(self) -> None:
+        """Allocated / peak GPU memory after each step method under offload 'model' (1024^2, CUDA graphs only)."""
+        from measure import StepCounter, pipe_default_negative
+
+        pipe, probe = self.pipe, {}
+        pipe.set_offload("model", "cuda")
+
+        def mark(name: str) -> None:
+            torch.cuda.synchronize()
+            probe[name] = {"allocated_gib": torch.cuda.memory_allocated() / 2**30, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            torch.cuda.reset_peak_memory_stats()
+
+        try:
+            for run in range(2):
+                torch.cuda.reset_peak_memory_stats()
+                with torch.no_grad():
+                    emb = pipe.encode_prompt(["a red fox"], [pipe_default_negative(Scenario("x", 1024, 1))])
+                    mark(f"{run}: encode")
+                    lat = pipe.prepare_latents(1, 1024, 1024, torch.Generator().manual_seed(0))
+                    lat = pipe.denoise(lat, emb, None, self.args.steps, 4.0, callback_on_step_end=StepCounter())
+                    mark(f"{run}: denoise")
+                    pipe.decode_latents(lat)
+                    mark(f"{run}: decode")
+        finally:
+            pipe.set_offload("none", "cuda")
+        self.extra["offload_model_probe_1024"] = probe
+
+    def train_compiled(self) -> None:
+        """Stage-2 step with the DiT blocks compiled (regional, dynamic; compiled here under autograd)."""
+        self.pipe.enable_fast_path(cuda_graphs=True, compile="regional")
+        self.extra["stage2_step_ckpt_off_compiled"] = stage2_step(self.pipe, checkpointing=False, runs=3)
 
     def backends(self) -> None:
         self.extra["attention_ops"] = attention_backends(self.pipe.transformer.config)

@@ -188,10 +188,20 @@ class FastPathMixin:
             if any(module is self.transformer for module in modules):
                 self._graph_runner = None  # its graphs point at GPU weights that just left; free their pool too
 
-    def enable_vae_tiling(self, enabled: bool = True) -> None:
+    def enable_vae_tiling(self, enabled: bool = True, tile_size: int = 512) -> None:
         """Decode/encode large images in overlapping tiles (diffusers' `enable_tiling`): less memory at 1024^2
-        and above; tile seams are blended, so pixels differ slightly from an untiled decode."""
-        if enabled:
-            self.vae.enable_tiling()
-        else:
+        and above; tile seams are blended, so pixels differ slightly from an untiled decode.
+
+        Args:
+            tile_size: tile side in pixels (a multiple of the VAE factor). Set explicitly because diffusers takes
+                it from the VAE config's `sample_size`, which some SD3 VAE configs leave at a tiny default.
+        """
+        if not enabled:
             self.vae.disable_tiling()
+            return
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if tile_size <= 0 or tile_size % factor:
+            raise DeepGenInputError(f"tile_size must be a positive multiple of {factor}, got {tile_size!r}.")
+        self.vae.enable_tiling()
+        self.vae.tile_sample_min_size = tile_size
+        self.vae.tile_latent_min_size = tile_size // factor
