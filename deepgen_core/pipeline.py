@@ -191,7 +191,6 @@ class DeepGenPipeline(FastPathMixin):
         batch = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
-    @uses_component("encoder")
     def encode_prompt(
         self,
         prompts: list[str],
@@ -214,14 +213,16 @@ class DeepGenPipeline(FastPathMixin):
             patches, grids = zip(*[vit_patches(ref.to(self.device, dtype)) for refs in reference_pixels for ref in refs])
             merge = self.encoder.spatial_merge_size**2
             counts = [int(g.prod()) // merge for g in grids]
-            embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
+            with self.on_execution_device(self.encoder.vlm.visual):  # offload "model": only now, and alone
+                embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
             offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
             per_sample = [counts[offsets[i] : offsets[i + 1]] for i in range(n)]
             texts = [edit_prompt(p, c) for p, c in zip(prompts, per_sample)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, per_sample)]
             copies = 2 if negative_prompts else 1
             image_embeds, grid = torch.cat([embeds] * copies), torch.cat([torch.cat(grids)] * copies)
         input_ids, attention_mask = self._tokenize(texts)
-        context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length)
+        with self.on_execution_device(self.encoder):
+            context, pooled = self.encoder(input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length)
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 
     @uses_component("vae")

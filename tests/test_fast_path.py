@@ -139,6 +139,25 @@ def test_offload_model_moves_components_only_around_their_step():
     assert seen["encoder_device"].type == "cpu" and pipe.device == torch.device("cpu")
 
 
+def test_offload_model_moves_the_vision_tower_only_for_references(monkeypatch):
+    import deepgen_core.fast_path as fast_path
+    from PIL import Image
+
+    pipe = _pipe()
+    pipe.set_offload("model", "cpu")
+    moved: list[set[int]] = []
+    original = fast_path.move_tensors
+    monkeypatch.setattr(fast_path, "move_tensors", lambda tensors, device: (moved.append({id(t) for t in tensors}), original(tensors, device)))
+    visual = {id(t) for t in pipe.encoder.vlm.visual.parameters()}
+    text = {id(t) for t in pipe.encoder.vlm.language_model.parameters()}
+    _latents(pipe, steps=1)
+    assert not any(m & visual for m in moved) and any(text <= m for m in moved)
+    moved.clear()
+    _latents(pipe, steps=1, image=Image.new("RGB", (64, 64), "red"))
+    # the vision tower moves alone, before (not together with) the text model
+    assert visual <= moved[0] and not moved[0] & text and any(text <= m and not m & visual for m in moved[1:])
+
+
 def test_sequential_offload_gives_the_same_image():
     pipe = _pipe()
     expected = _latents(pipe)
