@@ -19,20 +19,9 @@ from PIL import Image
 
 from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
 from .errors import DeepGenInputError
-from .image_processing import (
-    ResizePolicy,
-    prepare_reference,
-    tensor_to_uint8,
-    vit_patches,
-)
-from .loading import (
-    DeepGenComponents,
-    find_release_parts,
-    is_converted,
-    load_converted,
-    load_release,
-    save_converted,
-)
+from .fast_path import FastPathMixin, uses_component
+from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
+from .loading import DeepGenComponents, find_release_parts, is_converted, load_converted, load_release, save_converted
 from .prompts import edit_prompt, text_to_image_prompt
 from .sampling import (
     check_sde_sampler,
@@ -77,8 +66,9 @@ class PromptEmbeddings:
     negative_pooled_prompt_embeds: torch.Tensor
 
 
-class DeepGenPipeline:
-    """DeepGen 1.0 inference.
+class DeepGenPipeline(FastPathMixin):
+    """DeepGen 1.0 inference. Speed/memory switches (`enable_fast_path`, `set_offload`, `enable_vae_tiling`)
+    come from `FastPathMixin`; by default the DiT runs as CUDA graphs on CUDA (exact).
 
     Args:
         tokenizer: the Qwen2.5-VL tokenizer (left padding).
@@ -94,9 +84,6 @@ class DeepGenPipeline:
         self.transformer = transformer
         self.vae = vae
         self.scheduler = scheduler
-        # Where inputs are placed; None: the transformer's device. Hosts that move modules themselves (ComfyUI's
-        # memory manager, partial loading) set it explicitly.
-        self.execution_device: torch.device | None = None
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -153,15 +140,23 @@ class DeepGenPipeline:
         return save_converted(self.components(), out_dir, dtype)
 
     def to(self, device: str | torch.device) -> DeepGenPipeline:
-        for module in (self.encoder, self.transformer, self.vae):
-            module.to(device)
+        self.set_offload("none", device)
         return self
 
     @property
     def device(self) -> torch.device:
-        if self.execution_device is not None:
-            return torch.device(self.execution_device)
-        return next(self.transformer.parameters()).device
+        """The execution device (with offload the weights may wait elsewhere)."""
+        return self._execution_device or next(self.transformer.parameters()).device
+
+    @property
+    def execution_device(self) -> torch.device | None:
+        """Where inputs are placed; None: the transformer's device. Hosts that move the modules themselves
+        (ComfyUI's memory manager, partial loading) set it."""
+        return self._execution_device
+
+    @execution_device.setter
+    def execution_device(self, device: str | torch.device | None) -> None:
+        self._execution_device = None if device is None else torch.device(device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -249,18 +244,21 @@ class DeepGenPipeline:
             patches, grids = zip(*[vit_patches(ref.to(self.device, dtype)) for refs in reference_pixels for ref in refs])
             merge = self.encoder.spatial_merge_size**2
             counts = [int(g.prod()) // merge for g in grids]
-            embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
+            with self.on_execution_device(self.encoder.vlm.visual):  # offload "model": only now, and alone
+                embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
             offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
             per_sample = [counts[offsets[i] : offsets[i + 1]] for i in range(n)]
             texts = [edit_prompt(p, c) for p, c in zip(prompts, per_sample)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, per_sample)]
             copies = 2 if negative_prompts else 1
             image_embeds, grid = torch.cat([embeds] * copies), torch.cat([torch.cat(grids)] * copies)
         input_ids, attention_mask = self._tokenize(texts)
-        context, pooled = self.encoder(
-            input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length, num_think_tokens=num_think_tokens
-        )
+        with self.on_execution_device(self.encoder):
+            context, pooled = self.encoder(
+                input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length, num_think_tokens=num_think_tokens
+            )
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 
+    @uses_component("vae")
     def encode_reference_latents(self, reference_pixels: list[list[torch.Tensor]], generator: Generator = None, mode: Literal["sample", "mode"] = "sample") -> list[list[torch.Tensor]]:
         """VAE latents of each reference, shifted and scaled: (mean + std * eps - shift) * scale (§3.4).
 
@@ -289,6 +287,7 @@ class DeepGenPipeline:
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return noise.to(self.device, self.dtype)
 
+    @uses_component("transformer")
     def denoise(
         self,
         latents: torch.Tensor,
@@ -324,12 +323,13 @@ class DeepGenPipeline:
             branches = [(e.negative_prompt_embeds, e.negative_pooled_prompt_embeds, 1), (e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         else:
             branches = [(e.prompt_embeds, e.pooled_prompt_embeds, 1)]
+        velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
         for i in range(num_inference_steps):
             outputs = []
             for context, pooled, copies in branches:
                 model_input = torch.cat([latents] * copies) if copies > 1 else latents
                 refs = None if reference_latents is None else list(reference_latents) * copies
-                velocity = self.transformer(model_input, context, pooled, timesteps[i].expand(context.shape[0]), reference_latents=refs).sample
+                velocity = velocity_fn(model_input, context, pooled, timesteps[i].expand(context.shape[0]), refs)
                 outputs.extend(velocity.chunk(copies))
             velocity = outputs[0]
             if do_cfg:
@@ -348,6 +348,7 @@ class DeepGenPipeline:
                     latents = result["latents"]
         return latents
 
+    @uses_component("vae")
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 16, h, w) scaled latents -> (B, 3, 8h, 8w) pixels in about [-1, 1]."""
         cfg = self.vae.config

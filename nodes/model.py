@@ -7,7 +7,7 @@ parameters, same maths) so that `--lowvram` / `--novram` can stream the weights 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -88,6 +88,7 @@ class DeepGenModel:
     scheduler: Any
     name: str
     num_think_tokens: int | None = None  # None: all trained think tokens
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # the pipeline object, shared by copies
 
     @property
     def trained_think_tokens(self) -> int:
@@ -100,8 +101,12 @@ class DeepGenModel:
         """Load `patchers` (ours) together through ComfyUI's memory manager and return a pipeline running on the
         first one's device. The pipeline has no VAE: ComfyUI's VAE nodes encode and decode."""
         model_management.load_models_gpu(list(patchers), memory_required=memory_required)
-        pipe = DeepGenPipeline(self.tokenizer, self.encoder.model.inner, self.transformer.model.inner, None, self.scheduler)
+        pipe = self.cache.get("pipeline")
+        if pipe is None:  # kept across runs so that its captured CUDA graphs are reused
+            pipe = self.cache["pipeline"] = DeepGenPipeline(self.tokenizer, self.encoder.model.inner, self.transformer.model.inner, None, self.scheduler)
         pipe.execution_device = patchers[0].load_device
+        # Partially loaded weights (--lowvram/--novram) are cast per call: nothing a CUDA graph could replay.
+        pipe.set_cuda_graphs(False if any(p.model.model_lowvram for p in patchers) else "auto")
         return pipe
 
 

@@ -45,13 +45,20 @@ class DeepGenJointAttnProcessor:
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.unflatten(-1, (attn.heads, -1))  # (B, S, H, D): the dispatcher's layout
 
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        # After `attn.fuse_projections()` one GEMM yields q, k and v (acceleration.fuse_qkv); same maths.
+        if getattr(attn, "to_qkv", None) is not None and getattr(attn, "fused_projections", False):
+            query, key, value = (heads(x) for x in attn.to_qkv(hidden_states).chunk(3, dim=-1))
+        else:
+            query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
         if attn.norm_q is not None:
             query, key = attn.norm_q(query), attn.norm_k(key)
         if encoder_hidden_states is not None:
-            c_query = heads(attn.add_q_proj(encoder_hidden_states))
-            c_key = heads(attn.add_k_proj(encoder_hidden_states))
-            c_value = heads(attn.add_v_proj(encoder_hidden_states))
+            if getattr(attn, "to_added_qkv", None) is not None and getattr(attn, "fused_projections", False):
+                c_query, c_key, c_value = (heads(x) for x in attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1))
+            else:
+                c_query = heads(attn.add_q_proj(encoder_hidden_states))
+                c_key = heads(attn.add_k_proj(encoder_hidden_states))
+                c_value = heads(attn.add_v_proj(encoder_hidden_states))
             if attn.norm_added_q is not None:
                 c_query, c_key = attn.norm_added_q(c_query), attn.norm_added_k(c_key)
             query, key, value = (torch.cat(p, dim=1) for p in ((query, c_query), (key, c_key), (value, c_value)))
@@ -62,10 +69,7 @@ class DeepGenJointAttnProcessor:
             if encoder_hidden_states is not None:
                 valid = torch.cat([valid, valid.new_ones(batch, encoder_hidden_states.shape[1])], dim=1)
             mask = valid[:, None, None, :]  # (B, 1, 1, N_keys), broadcast over heads and queries
-        out = dispatch_attention_fn(
-            query, key, value, attn_mask=mask, backend=self._attention_backend, parallel_config=self._parallel_config
-        )
-        out = out.flatten(2).to(query.dtype)
+        out = self.attention(query, key, value, mask).flatten(2).to(query.dtype)
 
         if encoder_hidden_states is not None:
             out, context_out = out[:, :n_image], out[:, n_image:]
@@ -74,9 +78,16 @@ class DeepGenJointAttnProcessor:
         out = attn.to_out[1](attn.to_out[0](out))
         return (out, context_out) if encoder_hidden_states is not None else out
 
+    def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, S, H, D) q/k/v and an optional (B, 1, 1, S) key mask -> (B, S, H, D), via diffusers' dispatcher."""
+        return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend, parallel_config=self._parallel_config)
+
 
 class DeepGenSD3Transformer(SD3Transformer2DModel):
     """`SD3Transformer2DModel` that accepts per-sample sizes and reference latents (the "dynamic" Kontext DiT)."""
+
+    # Regional compilation (`compile_repeated_blocks`, see deepgen_core.acceleration) compiles these blocks.
+    _repeated_blocks = ["JointTransformerBlock"]
 
     # diffusers reads the config from the __init__ signature, so the parent's arguments are restated here.
     @register_to_config

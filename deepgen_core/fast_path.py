@@ -1,0 +1,232 @@
+"""The pipeline's speed and memory switches: DiT fast path, offload modes and VAE tiling.
+
+`FastPathMixin` is a base of `DeepGenPipeline`. Defaults: CUDA graphs over the DiT forward on CUDA ("auto",
+exact), everything else off. The denoising loop stays in Python, so the per-step callback (progress, preview,
+cancel) runs after every step whatever is switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .acceleration import CompileMode, DiTGraphRunner, compile_encoder, compile_transformer, fuse_qkv, quantize_fp8
+from .errors import DeepGenInputError
+
+logger = logging.getLogger(__name__)
+
+OffloadMode = Literal["none", "model", "sequential"]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+def uses_component(*names: str) -> Callable:
+    """Decorate a pipeline step that runs the named components (moved to the GPU for it under offload "model")."""
+
+    def decorate(step: Callable) -> Callable:
+        @functools.wraps(step)
+        def run(self, *args, **kwargs):
+            with self.on_execution_device(*(getattr(self, name) for name in names)):
+                return step(self, *args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+def module_tensors(module: nn.Module, exclude: nn.Module | None = None) -> list[torch.Tensor]:
+    """Parameters and buffers of `module`, without those of its submodule `exclude`."""
+    skip = {id(t) for t in [*exclude.parameters(), *exclude.buffers()]} if exclude is not None else set()
+    return [t for t in [*module.parameters(), *module.buffers()] if id(t) not in skip]
+
+
+def move_tensors(tensors: list[torch.Tensor], device: torch.device) -> None:
+    """Move tensors in place (`.data`), so modules, optimisers and the host copies keep referring to them."""
+    for t in tensors:
+        t.data = t.data.to(device, non_blocking=True)
+
+
+def park_on_host(tensors: list[torch.Tensor]) -> None:
+    """Move tensors to page-locked CPU memory (reused on later calls): the copies back and forth then run at
+    PCIe speed (~20 GB/s) instead of the ~3 GB/s of pageable memory."""
+    if not torch.cuda.is_available() or all(t.device.type == "cpu" for t in tensors):
+        move_tensors(tensors, torch.device("cpu"))
+        return
+    for t in tensors:
+        host = getattr(t, "_deepgen_host", None)
+        if host is None or host.shape != t.shape or host.dtype != t.dtype:
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            t._deepgen_host = host
+        host.copy_(t.data, non_blocking=True)
+        t.data = host
+    torch.cuda.synchronize()  # the host copies must be complete before anyone reads them on the CPU
+
+
+class FastPathMixin:
+    """Speed/memory switches shared by every pipeline entry point (see the module docstring)."""
+
+    transformer: nn.Module
+    encoder: nn.Module
+    vae: nn.Module
+    _cuda_graphs: bool | Literal["auto"] = "auto"
+    _graph_runner: DiTGraphRunner | None = None
+    _offload: OffloadMode = "none"
+    _execution_device: torch.device | None = None
+
+    def enable_fast_path(
+        self,
+        cuda_graphs: bool | Literal["auto"] = "auto",
+        compile: CompileMode | None = None,
+        fuse_projections: bool = False,
+        fp8: bool = False,
+        attention_backend: str | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
+        compile_encoder_blocks: bool = False,
+    ) -> None:
+        """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
+
+        Args:
+            cuda_graphs: replay the DiT forward as a CUDA graph (one per input shape; the first call of a shape
+                pays a warm-up and capture). "auto": on for CUDA inference without sequential offload. Exact.
+            compile: "regional" (per transformer block) or "full" `torch.compile`; the first call of a shape
+                compiles (cache it with `acceleration.save_compile_cache`). Equal within bf16 rounding.
+            fuse_projections: one GEMM for q/k/v per stream. Equal within rounding.
+            fp8: float8 weights (and fp8 GEMMs on sm_89+) for the block Linears; not exact, halves DiT weights.
+            attention_backend: a diffusers attention backend name (`native`, `_native_cudnn`, `_native_flash`,
+                `_native_efficient`, `flash` with flash-attn installed); None keeps the current one.
+            compile_kwargs: extra `torch.compile` arguments for the DiT.
+            compile_encoder_blocks: also compile the VLM/vision/connector blocks (dynamic shapes; once per image
+                it saves host time, mostly for edits). Equal within bf16 rounding.
+        """
+        if cuda_graphs not in (True, False, "auto"):
+            raise DeepGenInputError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}.")
+        if (compile or cuda_graphs is True) and self._offload == "sequential":
+            raise DeepGenInputError("compile and CUDA graphs need resident DiT weights; use offload 'model' or 'none' instead of 'sequential'.")
+        if fp8 and fuse_projections:
+            raise DeepGenInputError("fp8 and fuse_projections cannot be combined; choose one.")
+        if attention_backend is not None:
+            self.transformer.set_attention_backend(attention_backend)
+        if fuse_projections:
+            logger.info("fused q/k/v projections of %d attention modules", fuse_qkv(self.transformer))
+        if fp8:
+            logger.info("stored %d DiT Linear weights in float8", quantize_fp8(self.transformer))
+        if compile is not None:
+            compile_transformer(self.transformer, compile, **(compile_kwargs or {}))
+        if compile_encoder_blocks:
+            logger.info("compiled %d encoder blocks", compile_encoder(self.encoder))
+        self._cuda_graphs = cuda_graphs
+        self._graph_runner = None
+
+    def set_cuda_graphs(self, cuda_graphs: bool | Literal["auto"]) -> None:
+        """Switch CUDA graphs alone; captured graphs are kept when the setting does not change (hosts that call
+        this before every run, like the ComfyUI sampler, keep their graphs across runs)."""
+        if cuda_graphs != self._cuda_graphs:
+            self._cuda_graphs, self._graph_runner = cuda_graphs, None
+
+    def velocity_function(self) -> VelocityFn:
+        """The DiT call for one denoising loop: `fn(latents, context, pooled, timestep, reference_latents)`.
+
+        Checked once per loop: a graph runner when CUDA graphs apply, else the plain forward. Graphs captured
+        for other weights (moved by offload, a LoRA injected) are dropped and recaptured.
+        """
+        use_graphs = self._cuda_graphs is True or (self._cuda_graphs == "auto" and self.device.type == "cuda")
+        if not use_graphs or self._offload == "sequential" or torch.is_grad_enabled():
+            return self._eager_velocity
+        if self._graph_runner is None or self._graph_runner.transformer is not self.transformer:
+            self._graph_runner = DiTGraphRunner(self.transformer)
+        elif not self._graph_runner.is_valid_for(self.transformer):
+            self._graph_runner.reset()
+        runner = self._graph_runner
+
+        def run(latents, context, pooled, timestep, reference_latents):
+            if runner.supports(latents, reference_latents):
+                return runner(latents, context, pooled, timestep, reference_latents)
+            return self._eager_velocity(latents, context, pooled, timestep, reference_latents)
+
+        return run
+
+    def _eager_velocity(self, latents, context, pooled, timestep, reference_latents) -> torch.Tensor:
+        return self.transformer(latents, context, pooled, timestep, reference_latents=reference_latents).sample
+
+    def release_cuda_graphs(self) -> None:
+        """Free the memory held by captured DiT graphs (they are recaptured on the next call)."""
+        self._graph_runner = None
+
+    # ------------------------------------------------------------------------------------------------ memory
+
+    def set_offload(self, mode: OffloadMode, device: str | torch.device = "cuda") -> None:
+        """Where the weights live between uses.
+
+        Args:
+            mode: "none": all resident on `device`. "model": every component waits on the CPU and visits
+                `device` only while it runs (the VLM during encoding, the DiT while denoising, the VAE), so the
+                peak is about the largest component, the VLM; each call moves ~12 GB of weights. "sequential":
+                accelerate's `cpu_offload` streams each layer's weights per forward (lowest memory, slowest,
+                no CUDA graphs or compile).
+            device: the execution device.
+        """
+        if mode not in ("none", "model", "sequential"):
+            raise DeepGenInputError(f"offload must be 'none', 'model' or 'sequential', got {mode!r}.")
+        if self._offload == "sequential" and mode != "sequential":
+            raise DeepGenInputError("sequential offload cannot be undone on a live pipeline; reload the model.")
+        device = torch.device(device)
+        self._graph_runner = None
+        self._offload, self._execution_device = mode, device
+        if mode == "none":
+            for module in (self.encoder, self.transformer, self.vae):
+                module.to(device)
+        elif mode == "model":
+            for module in (self.encoder, self.transformer, self.vae):
+                park_on_host(module_tensors(module))
+        else:
+            from accelerate import cpu_offload
+
+            for module in (self.encoder, self.transformer, self.vae):
+                cpu_offload(module, execution_device=device)
+
+    @contextlib.contextmanager
+    def on_execution_device(self, *modules: nn.Module) -> Iterator[None]:
+        """With offload "model": move `modules` to the execution device for the block, then back to the CPU.
+
+        The encoder's vision tower is left out of `self.encoder` (1.25 GB at real size): text-to-image never
+        needs it, and `encode_prompt` moves it on its own, before the text model, for reference images.
+        """
+        if self._offload != "model":
+            yield
+            return
+        tensors = [t for module in modules for t in self._offload_tensors(module)]
+        move_tensors(tensors, self._execution_device)
+        try:
+            yield
+        finally:
+            park_on_host(tensors)
+            if any(module is self.transformer for module in modules):
+                self._graph_runner = None  # its graphs point at GPU weights that just left; free their pool too
+
+    def _offload_tensors(self, module: nn.Module) -> list[torch.Tensor]:
+        if module is self.encoder:
+            return module_tensors(module, exclude=getattr(getattr(module, "vlm", None), "visual", None))
+        return module_tensors(module)
+
+    def enable_vae_tiling(self, enabled: bool = True, tile_size: int = 512) -> None:
+        """Decode/encode large images in overlapping tiles (diffusers' `enable_tiling`): less memory at 1024^2
+        and above; tile seams are blended, so pixels differ slightly from an untiled decode.
+
+        Args:
+            tile_size: tile side in pixels (a multiple of the VAE factor). Set explicitly because diffusers takes
+                it from the VAE config's `sample_size`, which some SD3 VAE configs leave at a tiny default.
+        """
+        if not enabled:
+            self.vae.disable_tiling()
+            return
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if tile_size <= 0 or tile_size % factor:
+            raise DeepGenInputError(f"tile_size must be a positive multiple of {factor}, got {tile_size!r}.")
+        self.vae.enable_tiling()
+        self.vae.tile_sample_min_size = tile_size
+        self.vae.tile_latent_min_size = tile_size // factor

@@ -1,0 +1,181 @@
+"""The inference fast path (deepgen_core.acceleration / fast_path) on the tiny model, on CPU.
+
+What runs here: fused QKV, regional torch.compile (AOT-eager backend: the same graph capture and fullgraph
+check as inductor, without a C++ toolchain), fp8 weight storage, offload modes, the graph runner's
+bookkeeping and the per-step callback contract. CUDA graph replay itself is checked on the GPU by the benchmark
+(max |delta| against the eager baseline in its table).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepgen_core.acceleration import DiTGraphRunner, FP8Linear, fuse_qkv, quantize_fp8, unfuse_qkv
+from deepgen_core.errors import DeepGenInputError
+from deepgen_core.pipeline import DeepGenPipeline
+from deepgen_core.presets import tiny_components, tiny_transformer
+
+
+def _pipe() -> DeepGenPipeline:
+    return DeepGenPipeline.from_components(tiny_components(seed=3))
+
+
+def _latents(pipe: DeepGenPipeline, steps: int = 3, **kwargs) -> torch.Tensor:
+    return pipe("a red cube", height=64, width=64, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs).latents
+
+
+def _dit_inputs(transformer, batch: int = 2):
+    gen = torch.Generator().manual_seed(1)
+    cfg = transformer.config
+    return (torch.randn(batch, 16, 8, 8, generator=gen), torch.randn(batch, 5, cfg.joint_attention_dim, generator=gen),
+            torch.randn(batch, cfg.pooled_projection_dim, generator=gen), torch.tensor([500.0] * batch))
+
+
+def test_fused_qkv_matches_separate_projections():
+    transformer = tiny_transformer().eval()
+    inputs = _dit_inputs(transformer)
+    refs = [[torch.randn(16, 8, 8)] for _ in range(2)]
+    with torch.no_grad():
+        expected = transformer(*inputs, reference_latents=refs).sample
+        # 3 blocks x joint attention + 2 dual-attention blocks x image self-attention
+        assert fuse_qkv(transformer) == 5
+        fused = transformer(*inputs, reference_latents=refs).sample
+        unfuse_qkv(transformer)
+        unfused = transformer(*inputs, reference_latents=refs).sample
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(unfused, expected)
+
+
+def test_fused_qkv_shares_storage_with_the_separate_weights():
+    transformer = tiny_transformer().eval()
+    before = sum(p.numel() for p in transformer.parameters())
+    fuse_qkv(transformer)
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in transformer.parameters()}
+    assert sum(storages.values()) == before * 4  # fp32: the fused weights add no memory
+    attn = transformer.transformer_blocks[0].attn
+    with torch.no_grad():
+        attn.to_k.weight.add_(1.0)  # an in-place update of a separate weight reaches the fused copy
+    torch.testing.assert_close(attn.to_qkv.weight[attn.to_q.weight.shape[0] : 2 * attn.to_q.weight.shape[0]], attn.to_k.weight)
+
+
+def test_regional_compile_equals_eager_and_keeps_the_step_callback():
+    pipe = _pipe()
+    expected = _latents(pipe)
+    pipe.enable_fast_path(compile="regional", compile_kwargs={"backend": "aot_eager"})
+    compiled_blocks = [b for b in pipe.transformer.transformer_blocks if getattr(b, "_compiled_call_impl", None) is not None]
+    assert len(compiled_blocks) == len(pipe.transformer.transformer_blocks)
+    steps = []
+    out = _latents(pipe, callback_on_step_end=lambda p, i, t, tensors: steps.append(i))
+    assert steps == [0, 1, 2]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_linear_storage_and_accuracy():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fp8 = FP8Linear(linear)
+    assert fp8.weight_fp8.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 48)
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        ref, out = linear(x), fp8(x)
+    # e4m3 keeps 3 mantissa bits: a relative weight error of at most 2^-4 per element, far less on average
+    assert out.shape == ref.shape
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03
+
+
+def test_fp8_pipeline_runs_close_to_bf16_path():
+    pipe = _pipe()
+    expected = _latents(pipe, steps=2)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for b in pipe.transformer.transformer_blocks for m in b.modules())
+    pipe.enable_fast_path(fp8=True)
+    assert sum(isinstance(m, FP8Linear) for m in pipe.transformer.modules()) == n_linear
+    out = _latents(pipe, steps=2)
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_quantize_fp8_can_keep_adaln_in_full_precision():
+    transformer = tiny_transformer()
+    total = quantize_fp8(transformer, include_adaln=False)
+    assert all(isinstance(b.norm1.linear, torch.nn.Linear) for b in transformer.transformer_blocks)
+    assert total > 0
+
+
+def test_cuda_graphs_fall_back_to_eager_off_cuda():
+    pipe = _pipe()
+    expected = _latents(pipe)
+    pipe.enable_fast_path(cuda_graphs=True)
+    assert pipe.velocity_function() == pipe._eager_velocity  # CPU: no graphs, same numbers
+    assert torch.equal(_latents(pipe), expected)
+
+
+def test_graph_runner_detects_moved_or_added_weights_and_unsupported_layouts():
+    transformer = tiny_transformer().eval()
+    runner = DiTGraphRunner(transformer)
+    assert runner.is_valid_for(transformer)
+    fuse_qkv(transformer)  # new Linear modules: captured graphs would not know them
+    assert not runner.is_valid_for(transformer)
+    runner.reset()
+    assert runner.is_valid_for(transformer)
+    transformer.proj_out.weight.data = transformer.proj_out.weight.data.clone()  # moved storage
+    assert not runner.is_valid_for(transformer)
+    assert not runner.supports(torch.zeros(1, 16, 8, 8), None)  # CPU tensors
+    assert not runner.supports([torch.zeros(16, 8, 8)], None)  # per-sample sizes
+
+
+def test_offload_model_moves_components_only_around_their_step():
+    pipe = _pipe()
+    expected = _latents(pipe)
+    pipe.set_offload("model", "cpu")
+    seen = {}
+    original = pipe.encoder.forward
+
+    def spy(*args, **kwargs):
+        seen["encoder_device"] = next(pipe.encoder.parameters()).device
+        return original(*args, **kwargs)
+
+    pipe.encoder.forward = spy
+    assert torch.equal(_latents(pipe), expected)
+    assert seen["encoder_device"].type == "cpu" and pipe.device == torch.device("cpu")
+
+
+def test_offload_model_moves_the_vision_tower_only_for_references(monkeypatch):
+    import deepgen_core.fast_path as fast_path
+    from PIL import Image
+
+    pipe = _pipe()
+    pipe.set_offload("model", "cpu")
+    moved: list[set[int]] = []
+    original = fast_path.move_tensors
+    monkeypatch.setattr(fast_path, "move_tensors", lambda tensors, device: (moved.append({id(t) for t in tensors}), original(tensors, device)))
+    visual = {id(t) for t in pipe.encoder.vlm.visual.parameters()}
+    text = {id(t) for t in pipe.encoder.vlm.language_model.parameters()}
+    _latents(pipe, steps=1)
+    assert not any(m & visual for m in moved) and any(text <= m for m in moved)
+    moved.clear()
+    _latents(pipe, steps=1, image=Image.new("RGB", (64, 64), "red"))
+    # the vision tower moves alone, before (not together with) the text model
+    assert visual <= moved[0] and not moved[0] & text and any(text <= m and not m & visual for m in moved[1:])
+
+
+def test_sequential_offload_gives_the_same_image():
+    pipe = _pipe()
+    expected = _latents(pipe)
+    pipe.set_offload("sequential", "cpu")
+    torch.testing.assert_close(_latents(pipe), expected, rtol=0, atol=0)
+    with pytest.raises(DeepGenInputError, match="sequential"):
+        pipe.enable_fast_path(compile="regional")
+
+
+def test_switch_errors_and_vae_tiling():
+    pipe = _pipe()
+    with pytest.raises(DeepGenInputError, match="cuda_graphs"):
+        pipe.enable_fast_path(cuda_graphs="always")
+    with pytest.raises(DeepGenInputError, match="fp8 and fuse_projections"):
+        pipe.enable_fast_path(fp8=True, fuse_projections=True)
+    with pytest.raises(DeepGenInputError, match="offload"):
+        pipe.set_offload("disk")
+    pipe.enable_vae_tiling()
+    assert pipe.vae.use_tiling
+    pipe.enable_vae_tiling(False)
+    assert not pipe.vae.use_tiling
