@@ -16,7 +16,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .acceleration import CompileMode, DiTGraphRunner, compile_encoder, compile_transformer, fuse_qkv, quantize_fp8
+from .acceleration import (
+    CompileMode,
+    DiTGraphRunner,
+    compile_encoder,
+    compile_transformer,
+    fuse_qkv,
+    quantize_fp8,
+)
 from .errors import DeepGenInputError
 
 logger = logging.getLogger(__name__)

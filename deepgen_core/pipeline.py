@@ -20,8 +20,20 @@ from PIL import Image
 from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
 from .errors import DeepGenInputError
 from .fast_path import FastPathMixin, uses_component
-from .image_processing import ResizePolicy, prepare_reference, tensor_to_uint8, vit_patches
-from .loading import DeepGenComponents, find_release_parts, is_converted, load_converted, load_release, save_converted
+from .image_processing import (
+    ResizePolicy,
+    prepare_reference,
+    tensor_to_uint8,
+    vit_patches,
+)
+from .loading import (
+    DeepGenComponents,
+    find_release_parts,
+    is_converted,
+    load_converted,
+    load_release,
+    save_converted,
+)
 from .prompts import edit_prompt, text_to_image_prompt
 from .sampling import (
     check_sde_sampler,
