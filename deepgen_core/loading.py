@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLModel
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLModel,
+)
 
 from .checkpoint import (
     DeepGenStateDict,
@@ -221,10 +226,10 @@ def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: to
         ),
         TRANSFORMER_FILE: (
             components.transformer.state_dict(),
-            {**common, "component": "transformer", "transformer_config": _config_json(components.transformer.config),
-             "scheduler_config": _config_json(components.scheduler.config)},
+            {**common, "component": "transformer", "transformer_config": config_json(components.transformer.config),
+             "scheduler_config": config_json(components.scheduler.config)},
         ),
-        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": _config_json(components.vae.config)}),
+        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": config_json(components.vae.config)}),
     }
     written = {}
     for name, (state, meta) in files.items():
@@ -234,7 +239,8 @@ def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: to
     return written
 
 
-def _config_json(config) -> str:
+def config_json(config) -> str:
+    """A diffusers config as the JSON our safetensors metadata carries."""
     # diffusers configs carry the source path (`_name_or_path`), which is neither portable nor needed.
     return json.dumps({k: v for k, v in dict(config).items() if k != "_name_or_path"})
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..deepgen_core.errors import DeepGenInputError
+from ..deepgen_core.errors import CheckpointError, DeepGenInputError
 from ..deepgen_core.loading import (
+    VAE_FILE,
     DeepGenComponents,
+    config_json,
     default_attn_implementation,
     find_release_parts,
     is_converted,
@@ -42,7 +43,7 @@ def _is_model_folder(path: Path) -> bool:
     try:
         find_release_parts(path)
         return True
-    except Exception:  # noqa: BLE001 - any unreadable folder is simply not offered
+    except (CheckpointError, OSError):  # not a model folder, or unreadable: simply not offered
         return False
 
 
@@ -84,41 +85,38 @@ def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if model_management.should_use_bf16(device) else torch.float32
 
 
-def load_components(model_path: Path, transformer_name: str, dtype: torch.dtype, attention: str) -> tuple[DeepGenComponents | None, object, object, object]:
-    """Returns (release components or None, tokenizer, encoder, (transformer, scheduler)) on the CPU."""
+def load_components(model_path: Path, transformer_name: str, dtype: torch.dtype, attention: str) -> DeepGenComponents:
+    """The model's parts on the CPU; `vae` is set only for release folders (converted VAEs load as native VAEs)."""
     attn = default_attn_implementation() if attention == "auto" else attention
     if model_path.is_dir() and not is_converted(model_path):
         components = load_release(*find_release_parts(model_path), dtype=dtype, attn_implementation=attn)
-        if transformer_name != FROM_MODEL:
-            components.transformer, components.scheduler = load_converted_transformer(folder_paths.get_full_path_or_raise("diffusion_models", transformer_name), dtype)
-        return components, components.tokenizer, components.encoder, (components.transformer, components.scheduler)
-    tokenizer, encoder = load_converted_encoder(model_path, dtype, attn)
-    if transformer_name == FROM_MODEL:
-        if not model_path.is_dir():
+    else:
+        if transformer_name == FROM_MODEL and not model_path.is_dir():
             raise DeepGenInputError(
                 f"{model_path.name} holds only the VLM + SCB part: pick the DiT file (deepgen convert writes "
                 "deepgen-transformer.safetensors; put it in models/diffusion_models) in `transformer_name`."
             )
-        return None, tokenizer, encoder, load_converted_transformer(model_path, dtype)
-    return None, tokenizer, encoder, load_converted_transformer(folder_paths.get_full_path_or_raise("diffusion_models", transformer_name), dtype)
+        tokenizer, encoder = load_converted_encoder(model_path, dtype, attn)
+        components = DeepGenComponents(tokenizer, encoder, None, None, None)
+        if transformer_name == FROM_MODEL:
+            components.transformer, components.scheduler = load_converted_transformer(model_path, dtype)
+    if transformer_name != FROM_MODEL:
+        dit_path = folder_paths.get_full_path_or_raise("diffusion_models", transformer_name)
+        components.transformer, components.scheduler = load_converted_transformer(dit_path, dtype)
+    return components
 
 
-def load_vae(vae_name: str, model_path: Path, components: DeepGenComponents | None):
+def load_vae(vae_name: str, model_path: Path, components: DeepGenComponents):
     """The native ComfyUI VAE: from a `models/vae` file exactly as VAELoader does, or from the model folder."""
     if vae_name != FROM_MODEL:
         state, metadata = comfy_utils.load_torch_file(folder_paths.get_full_path_or_raise("vae", vae_name), safe_load=True, return_metadata=True)
         return comfy_sd.VAE(sd=state, metadata=metadata)
-    if components is not None:
-        return comfy_sd.VAE(sd=components.vae.state_dict(), metadata={"vae_config": _json(components.vae.config)})
+    if components.vae is not None:
+        return comfy_sd.VAE(sd=components.vae.state_dict(), metadata={"vae_config": config_json(components.vae.config)})
     if model_path.is_dir():
-        vae_path = model_path / "deepgen-vae.safetensors"
-        state, metadata = comfy_utils.load_torch_file(str(vae_path), safe_load=True, return_metadata=True)
+        state, metadata = comfy_utils.load_torch_file(str(model_path / VAE_FILE), safe_load=True, return_metadata=True)
         return comfy_sd.VAE(sd=state, metadata=metadata)
     raise DeepGenInputError(f"{model_path.name} carries no VAE: pick the SD3 VAE file (models/vae) in `vae_name`.")
-
-
-def _json(config) -> str:
-    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")})
 
 
 class DeepGenLoader(io.ComfyNode):
@@ -155,11 +153,11 @@ class DeepGenLoader(io.ComfyNode):
         model_path = resolve_model(model_name)
         encoder_device, dit_device = model_management.text_encoder_device(), model_management.get_torch_device()
         torch_dtype = pick_dtype(dtype, dit_device)
-        components, tokenizer, encoder, (transformer, scheduler) = load_components(model_path, transformer_name, torch_dtype, attention)
-        vae = load_vae(vae_name, model_path, components)
+        parts = load_components(model_path, transformer_name, torch_dtype, attention)
+        vae = load_vae(vae_name, model_path, parts)
         model = DeepGenModel(
-            encoder=make_patcher(encoder, torch_dtype, encoder_device, model_management.text_encoder_offload_device()),
-            transformer=make_patcher(transformer, torch_dtype, dit_device, model_management.unet_offload_device()),
-            tokenizer=tokenizer, scheduler=scheduler, name=model_name,
+            encoder=make_patcher(parts.encoder, torch_dtype, encoder_device, model_management.text_encoder_offload_device()),
+            transformer=make_patcher(parts.transformer, torch_dtype, dit_device, model_management.unet_offload_device()),
+            tokenizer=parts.tokenizer, scheduler=parts.scheduler, name=model_name,
         )
         return io.NodeOutput(model, vae)
