@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .errors import DeepGenInputError
 
@@ -148,8 +148,6 @@ def to_channels_last(pixels: torch.Tensor) -> torch.Tensor:
 
 def captioned_grid(images: list[Image.Image], captions: list[str], columns: int | None = None) -> Image.Image:
     """Images in a grid (`columns` per row, default all in one row), each with its caption lines underneath."""
-    from PIL import ImageDraw, ImageFont
-
     columns = columns or len(images)
     width, height = images[0].size
     font = ImageFont.load_default()

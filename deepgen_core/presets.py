@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from .config import ConnectorConfig, DeepGenConfig
+from .latents import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR
 from .loading import DeepGenComponents, cast, load_tokenizer
 from .models.transformer import DeepGenSD3Transformer
 from .models.vlm import DeepGenEncoder
@@ -68,7 +69,7 @@ def sd3_vae(block_out_channels: tuple[int, ...] = (128, 256, 512, 512), layers_p
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=block_out_channels, layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+        norm_num_groups=norm_num_groups, scaling_factor=SD3_SCALING_FACTOR, shift_factor=SD3_SHIFT_FACTOR, use_quant_conv=False, use_post_quant_conv=False,
     )
 
 

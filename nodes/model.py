@@ -80,7 +80,7 @@ def make_patcher(module: torch.nn.Module, dtype: torch.dtype, load_device: torch
 @dataclass(frozen=True)
 class DeepGenModel:
     """What flows through a DEEPGEN_MODEL socket. Treat as immutable: nodes that change settings return a copy
-    whose patchers are clones (weights shared)."""
+    (patchers and weights shared)."""
 
     encoder: Any
     transformer: Any
@@ -95,7 +95,9 @@ class DeepGenModel:
         return self.encoder.model.inner.config.num_think_tokens
 
     def with_think_tokens(self, count: int | None) -> DeepGenModel:
-        return replace(self, encoder=self.encoder.clone(), transformer=self.transformer.clone(), num_think_tokens=count)
+        # The setting lives here, not in the patchers: both copies share the patchers, so ComfyUI keeps one
+        # loaded model instead of swapping clones of it.
+        return replace(self, num_think_tokens=count)
 
     def pipeline(self, *patchers: Any, memory_required: int = 0) -> DeepGenPipeline:
         """Load `patchers` (ours) together through ComfyUI's memory manager and return a pipeline running on the

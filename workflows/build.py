@@ -64,7 +64,7 @@ def _widget_values(spec: tuple, node: Node) -> list:
     for name in spec[1]:
         value = node.widgets.get(name, getattr(defaults.get(name), "default", None))
         values.append(value)
-        if name == "seed" or (name in defaults and getattr(defaults[name], "control_after_generate", False)):
+        if getattr(defaults.get(name), "control_after_generate", False):
             values.append("fixed")  # the frontend stores control_after_generate right after the seed
     return values
 

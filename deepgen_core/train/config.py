@@ -269,13 +269,13 @@ def load_config(stage: str, recipe: str | Path | None, overrides: list[str] = ()
 
 
 def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted name, help) for every field, for `--help-config`."""
+    """(dotted name, help) for every field of a stage config (any of them), sections flattened, for
+    `--help-config`."""
     out = []
     for f in dataclasses.fields(cls):
-        name = prefix + f.name
-        section = _SECTIONS.get(f.name) if cls is TrainConfig else None
-        if section is not None:
-            out += field_help(section, name + ".")
+        default = f.default_factory() if callable(f.default_factory) else None
+        if dataclasses.is_dataclass(default):
+            out += field_help(type(default), prefix + f.name + ".")
         else:
-            out.append((name, f.metadata.get("help", "")))
+            out.append((prefix + f.name, f.metadata.get("help", "")))
     return out

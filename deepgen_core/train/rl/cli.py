@@ -7,7 +7,6 @@ selects ZeRO (train/accelerate/zero2.json).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 
@@ -24,21 +23,12 @@ def add_rl_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_rl)
 
 
-def _field_help(cls: type, prefix: str = "") -> list[tuple[str, str]]:
-    out = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.default_factory() if callable(f.default_factory) else None):
-            out += _field_help(type(f.default_factory()), prefix + f.name + ".")
-        else:
-            out.append((prefix + f.name, f.metadata.get("help", "")))
-    return out
-
-
 def run_rl(args: argparse.Namespace) -> int:
+    from ..config import field_help
     from .config import RLConfig, load_rl_config
 
     if args.help_config:
-        for name, text in _field_help(RLConfig):
+        for name, text in field_help(RLConfig):
             print(f"{name}: {text}")
         return 0
     config = load_rl_config(args.config, args.overrides)
