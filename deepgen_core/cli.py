@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="deepgen.png", help="output PNG path (several images get _0, _1, ... suffixes)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 20 on the embedded tiny model)")
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 25 on the embedded DeepGen-Tiny)")
     gen.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (<= 1 disables it)")
     gen.add_argument("--shift", type=float, default=None, help="scheduler shift override (default: the model's, 3.0)")
     gen.add_argument("--seed", type=int, default=42)
@@ -56,10 +56,10 @@ def _pipeline(args: argparse.Namespace, device: str, dtype):
     from .pipeline import DeepGenPipeline
 
     if args.model is None:
-        from .presets import tiny_components
+        from .presets import deepgen_tiny_dir
 
-        logging.getLogger("deepgen").info("no --model given: using the embedded tiny model")
-        return DeepGenPipeline.from_components(tiny_components(dtype=dtype)).to(device), True
+        logging.getLogger("deepgen").info("no --model given: using the embedded DeepGen-Tiny (128 px, shapes and words)")
+        return DeepGenPipeline.from_pretrained(deepgen_tiny_dir(), torch_dtype=dtype, device=device), True
     return DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype, device=device), False
 
 
@@ -71,7 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     pipe, tiny = _pipeline(args, device, dtype)
-    steps = args.steps or (20 if tiny else 50)
+    steps = args.steps or (25 if tiny else 50)
     images = [Image.open(p) for p in args.image] or None
     with tqdm(total=steps, desc="denoising", unit="step") as bar:
         out = pipe(

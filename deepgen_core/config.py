@@ -60,6 +60,8 @@ class DeepGenConfig:
         pooled_projection_dim: width of the pooled vector fed to the DiT (= DiT `pooled_projection_dim`).
         joint_attention_dim: width of the token sequence fed to the DiT (= DiT `joint_attention_dim`).
         max_text_length: training-time left truncation of the prompt (reference notes §2.2); inference never truncates.
+        default_image_size: output side when neither the size nor a single reference image fixes it (reference:
+            512; DeepGen-Tiny: 128, the size it was trained at).
     """
 
     num_think_tokens: int = 128
@@ -71,6 +73,7 @@ class DeepGenConfig:
     pooled_projection_dim: int = 2048
     joint_attention_dim: int = 4096
     max_text_length: int = 1024
+    default_image_size: int = 512
 
     def __post_init__(self) -> None:
         if isinstance(self.connector, dict):

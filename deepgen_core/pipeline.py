@@ -398,7 +398,7 @@ class DeepGenPipeline(FastPathMixin):
                 `reference_resize` ('dynamic': longer side to `reference_size` if larger, sides rounded up to 32).
             negative_prompt: default `''` for text-to-image and the reference's long quality negative for edits.
             height, width: output size, multiples of 16. Default: the (resized) reference size for a single
-                reference, else 512.
+                reference, else the model config's `default_image_size` (512; DeepGen-Tiny 128).
             num_inference_steps, guidance_scale, shift: Euler steps, CFG scale (> 1 enables CFG), scheduler shift
                 override (default: the scheduler config's, 3.0).
             generator: CPU or any torch generator(s); noise is drawn on the CPU, so a seed gives the same image on
@@ -416,8 +416,9 @@ class DeepGenPipeline(FastPathMixin):
         ref_pixels = self.prepare_reference_pixels(image, len(prompts), reference_resize, reference_size)
         if height is None and width is None and ref_pixels is not None and all(len(r) == 1 for r in ref_pixels) and len({r[0].shape for r in ref_pixels}) == 1:
             height, width = ref_pixels[0][0].shape[-2:]
-        height = 512 if height is None else height
-        width = 512 if width is None else width
+        default = self.encoder.config.default_image_size
+        height = default if height is None else height
+        width = default if width is None else width
         self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type)
         default_negative = DEFAULT_EDIT_NEGATIVE_PROMPT if ref_pixels is not None else ""
         negatives = self._negatives(negative_prompt, default_negative, len(prompts))

@@ -1,8 +1,12 @@
-"""Tiny presets: the real DeepGen classes at toy sizes, for tests, demos and the embedded default model.
+"""Tiny presets: the real DeepGen classes at toy sizes.
 
-`tiny_components(seed)` builds a complete model with seeded random weights in well under a second on a CPU,
-with the bundled byte-level BPE tokenizer (Qwen special tokens). Random weights make noise-like images; the
-trained DeepGen-Tiny replaces them once it ships.
+- `tiny_components(seed)`: a complete model with seeded random weights, built in well under a second on a CPU,
+  for tests (the reference fixtures use these sizes).
+- `deepgen_tiny_architecture(seed, vae)`: the untrained DeepGen-Tiny (the embedded default model's sizes:
+  Qwen2.5-VL-style VLM with 6 text layers of width 128 and a 2-block vision tower, 16 think tokens, SCB over 3
+  hidden states, an 8-block SD3-style DiT of width 128 at 128 px, a 16-channel TAESD-layout VAE), the starting
+  point of `train/recipes/tiny/`.
+Both use the bundled byte-level BPE tokenizer (Qwen special tokens).
 """
 
 from __future__ import annotations
@@ -15,11 +19,22 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from .config import ConnectorConfig, DeepGenConfig
 from .latents import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR
-from .loading import DeepGenComponents, cast, load_tokenizer
+from .loading import TRANSFORMER_FILE, DeepGenComponents, cast, load_tokenizer
 from .models.transformer import DeepGenSD3Transformer
 from .models.vlm import DeepGenEncoder
 
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny-tokenizer"
+DEEPGEN_TINY_DIR = Path(__file__).parent / "assets" / "deepgen-tiny"  # the trained, embedded default model
+
+
+def deepgen_tiny_dir() -> Path:
+    """The embedded DeepGen-Tiny (converted layout, fp16); a clear error when the install lacks it."""
+    if not (DEEPGEN_TINY_DIR / TRANSFORMER_FILE).is_file():
+        raise FileNotFoundError(
+            f"the embedded DeepGen-Tiny is missing from {DEEPGEN_TINY_DIR}; reinstall the package (its weights ship "
+            "with it) or pass --model with a DeepGen checkpoint."
+        )
+    return DEEPGEN_TINY_DIR
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
@@ -38,12 +53,12 @@ def vlm_config(token_ids: dict[str, int], text: dict, vision: dict) -> Qwen2_5_V
 
 
 def tiny_vlm_config(vocab_size: int, token_ids: dict[str, int], num_layers: int = 12, hidden: int = 64) -> Qwen2_5_VLConfig:
-    text = dict(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-    )
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, window_size=56, fullatt_block_indexes=[1])
+    text = {
+        "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": num_layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+    }
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden, "window_size": 56, "fullatt_block_indexes": [1]}
     return vlm_config(token_ids, text, vision)
 
 
@@ -75,6 +90,58 @@ def sd3_vae(block_out_channels: tuple[int, ...] = (128, 256, 512, 512), layers_p
 
 def tiny_vae() -> AutoencoderKL:
     return sd3_vae(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
+
+
+TINY_IMAGE_SIZE = 128  # DeepGen-Tiny's training and default output size
+
+
+def deepgen_tiny_vlm_config(vocab_size: int, token_ids: dict[str, int]) -> Qwen2_5_VLConfig:
+    text = {
+        "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    }
+    vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128, "window_size": 56, "fullatt_block_indexes": [1]}
+    return vlm_config(token_ids, text, vision)
+
+
+def deepgen_tiny_config() -> DeepGenConfig:
+    return DeepGenConfig(
+        num_think_tokens=16, vlm_hidden_size=128, vlm_num_hidden_layers=6, scb_layer_stride=2, scb_num_layers=3,
+        connector=ConnectorConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4),
+        pooled_projection_dim=128, joint_attention_dim=128, default_image_size=TINY_IMAGE_SIZE,
+    )
+
+
+def deepgen_tiny_transformer() -> DeepGenSD3Transformer:
+    return DeepGenSD3Transformer(
+        sample_size=TINY_IMAGE_SIZE // 8, patch_size=2, in_channels=16, num_layers=8, attention_head_dim=32, num_attention_heads=4,
+        joint_attention_dim=128, caption_projection_dim=128, pooled_projection_dim=128, out_channels=16,
+        pos_embed_max_size=32, dual_attention_layers=(0, 1, 2), qk_norm="rms_norm",
+    )
+
+
+def deepgen_tiny_architecture(seed: int = 0, vae: torch.nn.Module | None = None) -> DeepGenComponents:
+    """DeepGen-Tiny with fresh weights (fp32): the VLM, think tokens, bridge and DiT are initialised from `seed`;
+    `vae` is the trained tiny VAE (default: a random one of the shipping layout).
+
+    The reference starts from a pretrained VLM and DiT; DeepGen-Tiny has neither, so its recipe trains the DiT
+    from scratch in stage 1 and keeps the randomly initialised VLM frozen (a fixed random feature extractor of
+    the prompt and the reference images), adapted only by stage 2's LoRA.
+    """
+    tokenizer = load_tokenizer(TINY_TOKENIZER_DIR)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vlm = Qwen2_5_VLModel(deepgen_tiny_vlm_config(len(tokenizer), special_token_ids(tokenizer)))
+        vlm.config._attn_implementation = "sdpa"
+        encoder = DeepGenEncoder(vlm, deepgen_tiny_config())
+        transformer = deepgen_tiny_transformer()
+        if vae is None:
+            from .models.tiny_vae import tiny_taesd_vae
+
+            vae = tiny_taesd_vae(seed)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return DeepGenComponents(tokenizer, encoder.float(), transformer.float(), vae.float(), scheduler)
 
 
 def randomize_output_heads(encoder: DeepGenEncoder, std: float) -> None:

@@ -19,11 +19,13 @@ from ..deepgen_core.loading import (
     load_converted_transformer,
     load_release,
 )
+from ..deepgen_core.presets import DEEPGEN_TINY_DIR
 from ._comfy import comfy_sd, comfy_utils, folder_paths, io, model_management
 from .model import DeepGenModel, make_patcher
 
 FOLDER = "deepgen"
 FROM_MODEL = "(from model)"
+EMBEDDED = "DeepGen-Tiny (embedded)"  # the small trained model shipped in the package: the default choice
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTENTION = ["auto", "sdpa", "flash_attention_2", "eager"]
 DeepGenModelType = io.Custom("DEEPGEN_MODEL")
@@ -58,7 +60,8 @@ def model_choices() -> list[str]:
         name for name in folder_paths.get_filename_list(FOLDER)
         if Path(name).parts[0] not in folders and not _inside_hf_folder(name)
     ]
-    return sorted(set(files)) + sorted(f"{name}/" for name in set(folders))
+    embedded = [EMBEDDED] if is_converted(DEEPGEN_TINY_DIR) else []
+    return embedded + sorted(set(files)) + sorted(f"{name}/" for name in set(folders))
 
 
 def _inside_hf_folder(name: str) -> bool:
@@ -67,6 +70,8 @@ def _inside_hf_folder(name: str) -> bool:
 
 
 def resolve_model(name: str) -> Path:
+    if name == EMBEDDED:
+        return DEEPGEN_TINY_DIR
     if name.endswith("/"):
         for base in folder_paths.get_folder_paths(FOLDER):
             candidate = Path(base) / name.rstrip("/")
@@ -128,7 +133,7 @@ class DeepGenLoader(io.ComfyNode):
             category="DeepGen/loaders",
             description="Loads DeepGen 1.0 (Qwen2.5-VL + SCB + SD3.5-M DiT) from local files into ComfyUI's memory manager. Nothing is downloaded.",
             inputs=[
-                io.Combo.Input("model_name", options=model_choices(), tooltip="models/deepgen: the VLM + SCB file from `deepgen convert` (deepgen-encoder.safetensors), a converted folder, or a folder holding the release model.pt with its Qwen2.5-VL-3B and UniPic2 folders. About 8 GB in bf16."),
+                io.Combo.Input("model_name", options=model_choices(), tooltip="models/deepgen: the VLM + SCB file from `deepgen convert` (deepgen-encoder.safetensors), a converted folder, or a folder holding the release model.pt with its Qwen2.5-VL-3B and UniPic2 folders (about 8 GB in bf16). 'DeepGen-Tiny (embedded)': the 26 MB demo model shipped with the pack (128 px shapes, edits and words)."),
                 io.Combo.Input("transformer_name", options=[FROM_MODEL] + folder_paths.get_filename_list("diffusion_models"), tooltip="models/diffusion_models: the DeepGen DiT (deepgen-transformer.safetensors, about 4.5 GB in bf16). '(from model)' uses the one in the model folder."),
                 io.Combo.Input("vae_name", options=[FROM_MODEL] + folder_paths.get_filename_list("vae"), tooltip="models/vae: the SD3 VAE (16 latent channels). '(from model)' uses the one in the model folder."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip="Weight and compute dtype. auto: bf16 where the GPU supports it, else fp32. fp16 may overflow (DeepGen was trained in bf16)."),

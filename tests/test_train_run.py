@@ -163,3 +163,13 @@ def test_samples_and_tensorboard(tmp_path):
     assert sorted(p.name for p in (result.output_dir / "samples").iterdir()) == ["step-00000002-0.png"]
     assert list((result.output_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert result.export_dir is None
+
+
+def test_stage1_from_scratch_dit_trains_bridge_and_dit(tmp_path):
+    """DeepGen-Tiny's stage 1 (`train_transformer: true`): the DiT joins the bridge; the VLM stays frozen."""
+    config = tiny_config("pretrain", tiny_data(tmp_path / "data"), tmp_path / "x", train_transformer=True)
+    model = DeepGenTrainModel(tiny_components(seed=0))
+    counts = setup_stage(model, config)
+    assert set(counts) == {"bridge", "transformer"}
+    assert counts["transformer"] == sum(p.numel() for p in model.transformer.parameters())
+    assert not any(p.requires_grad for p in model.encoder.vlm.parameters())

@@ -36,7 +36,7 @@ def test_overrides_and_validation():
     assert config.optim.lr == 3e-6 and config.data.task_cycle == (2, 1) and config.lora.rank == 8
     with pytest.raises(DeepGenInputError, match="unknown config keys \\['lrate'\\]"):
         load_config("sft", None, ["optim.lrate=1"])
-    with pytest.raises(DeepGenInputError, match="trains only the bridge"):
+    with pytest.raises(DeepGenInputError, match="does not train the VLM"):
         load_config("pretrain", None, ["lora.enabled=true"])
     with pytest.raises(DeepGenInputError, match="tar shards need"):
         SourceConfig(path="x.tar", format="tar")

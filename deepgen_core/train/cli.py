@@ -1,4 +1,5 @@
-"""`deepgen train pretrain|sft --config RECIPE [key=value ...]` and `deepgen train tiny-data DIR`.
+"""`deepgen train pretrain|sft --config RECIPE [key=value ...]`, `deepgen train tiny-data DIR` and
+`deepgen train deepgen-tiny --out DIR` (the whole DeepGen-Tiny recipe, `tiny_recipe.py`).
 
 Launch on one process directly, or under `accelerate launch` / `torchrun` / `deepspeed` for several; the
 recipe's `distributed.deepspeed_config` selects ZeRO (e.g. train/accelerate/zero2.json).
@@ -23,11 +24,26 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     data = stages.add_parser("tiny-data", help="write the synthetic dataset the tiny recipes read")
     data.add_argument("out", nargs="?", default="runs/tiny-data")
+    text = "train DeepGen-Tiny end to end: tiny-world data, VAE, stages 1-3, evaluation, fp16 package (one GPU, minutes)"
+    tiny = stages.add_parser("deepgen-tiny", help=text, description=text)
+    tiny.add_argument("--out", default="runs/deepgen-tiny", help="run folder (a re-run skips finished steps and resumes training)")
+    tiny.add_argument("--recipes", default=None, help="recipe folder (default: train/recipes/tiny of this checkout)")
+    tiny.add_argument("--from", dest="first", default="data", help="first step to run")
+    tiny.add_argument("--until", dest="last", default="package", help="last step to run")
+    tiny.add_argument("--device", default=None, help="device of the init/eval steps (default: cuda when available)")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import field_help, load_config
 
+    if args.train_command == "deepgen-tiny":
+        from .tiny_recipe import DEFAULT_RECIPES, TinyRun, run_tiny_recipe
+
+        logging.getLogger("deepgen_core").setLevel(logging.INFO)
+        records = run_tiny_recipe(TinyRun(args.out, args.recipes or DEFAULT_RECIPES, args.device), args.first, args.last)
+        for step, record in records.items():
+            print(f"{step}: {record['seconds']:.0f} s")
+        return 0
     if args.train_command == "tiny-data":
         from .synthetic import write_synthetic_dataset
 

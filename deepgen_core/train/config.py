@@ -166,7 +166,7 @@ class TrainConfig:
     micro_batch_size: int = field(default=4, metadata={"help": "samples per micro-batch per process (reference: 4)"})
     grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimizer step (reference: 4 pre-train, 3 SFT)"})
     max_steps: int = field(default=50_000, metadata={"help": "optimizer steps (reference 200k / 400k iterations of micro-batches = 50k / 133k steps)"})
-    train_transformer: bool = field(default=False, metadata={"help": "train the whole DiT (stage 2)"})
+    train_transformer: bool = field(default=False, metadata={"help": "train the whole DiT (stage 2; in stage 1 only for a DiT trained from scratch, as DeepGen-Tiny's recipe does)"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model to train"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "VLM LoRA"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
@@ -184,8 +184,8 @@ class TrainConfig:
             raise DeepGenInputError(f"stage must be one of {sorted(STAGE_DEFAULTS)}, got {self.stage!r}.")
         if self.micro_batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise DeepGenInputError("micro_batch_size, grad_accum and max_steps must be >= 1.")
-        if self.stage == "pretrain" and (self.train_transformer or self.lora.enabled):
-            raise DeepGenInputError("stage 'pretrain' trains only the bridge: set train_transformer: false and lora.enabled: false, or use stage 'sft'.")
+        if self.stage == "pretrain" and self.lora.enabled:
+            raise DeepGenInputError("stage 'pretrain' does not train the VLM: set lora.enabled: false, or use stage 'sft'.")
         if self.optim.warmup_steps >= self.max_steps:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
         if self.distributed.mixed_precision not in ("bf16", "no"):

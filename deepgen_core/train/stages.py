@@ -1,6 +1,7 @@
 """Stages 1 and 2 (reference notes §5.2): which parameters train.
 
-Stage 1 (alignment pre-training) trains the think tokens and the SCB bridge (projectors + connector). Stage 2
+Stage 1 (alignment pre-training) trains the think tokens and the SCB bridge (projectors + connector), and the
+DiT only when it has no pretrained weights (`train_transformer`, DeepGen-Tiny). Stage 2
 (joint SFT) also trains the whole DiT and a LoRA on the VLM. The VLM base weights and the VAE stay frozen in
 both. A stage is a small function chosen once from the config, never a string test inside the loop.
 """
@@ -25,8 +26,11 @@ def _freeze_all_but_bridge(model: DeepGenTrainModel) -> None:
 
 
 def setup_alignment(model: DeepGenTrainModel, config: TrainConfig) -> None:
-    """Stage 1: bridge only (think tokens, projectors, connector)."""
+    """Stage 1: bridge only (think tokens, projectors, connector); plus the DiT when `train_transformer` is set,
+    for a model without a pretrained DiT (DeepGen-Tiny)."""
     _freeze_all_but_bridge(model)
+    if config.train_transformer:
+        model.transformer.requires_grad_(True)
 
 
 def setup_sft(model: DeepGenTrainModel, config: TrainConfig) -> None:

@@ -1,0 +1,173 @@
+"""DeepGen-Tiny from nothing, in one command: `deepgen train deepgen-tiny --out runs/deepgen-tiny`.
+
+The steps run the project's own tools in order, each as a fresh process where it trains, exactly as a user
+would type them (the resolved recipes are kept in `<out>/recipes/` for that):
+
+1. `data`: the procedural tiny world (`deepgen_core.tiny_world`): shapes, edit triplets and words, plus the RL
+   prompt sets.
+2. `vae`: the 16-channel TAESD-layout VAE (`deepgen train vae`).
+3. `init`: the untrained DeepGen-Tiny (`presets.deepgen_tiny_architecture`) with that VAE, saved converted.
+4. `stage1`: alignment pre-training (`deepgen train pretrain`); the DiT trains from scratch here, since there
+   is no pretrained tiny DiT to align to (the reference keeps its pretrained DiT frozen).
+5. `stage2`: joint SFT with the VLM LoRA (`deepgen train sft`).
+6. `stage3`: MR-GRPO with the OCR reward on the text prompts and the shape-world reward (`deepgen train rl`).
+7. `eval`: the acceptance metrics of stages 2 and 3 on held-out prompts (`tiny_world.evaluate_all`).
+8. `package`: the stage-3 model in fp16 as the embedded default (checked against the 30 MB budget).
+
+Every finished step leaves `<out>/<step>.done` (JSON with its wall time); a re-run skips finished steps and the
+training steps resume from their own checkpoints, so an interrupted run continues where it stopped. The recipe
+files are in `train/recipes/tiny/`; `{run}` in them stands for the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..errors import DeepGenInputError
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("data", "vae", "init", "stage1", "stage2", "stage3", "eval", "package")
+PACKAGE_BUDGET_BYTES = 30 * 1000 * 1000
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPES = REPO_ROOT / "train" / "recipes" / "tiny"
+
+
+class TinyRun:
+    """The output folder and recipe folder of one DeepGen-Tiny run."""
+
+    def __init__(self, out: str | Path, recipes: str | Path = DEFAULT_RECIPES, device: str | None = None) -> None:
+        self.out, self.recipes = Path(out).resolve(), Path(recipes).resolve()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not self.recipes.is_dir():
+            raise DeepGenInputError(f"recipe folder {str(self.recipes)!r} does not exist; pass --recipes train/recipes/tiny.")
+
+    def recipe(self, name: str) -> Path:
+        """`<recipes>/<name>` with `{run}` replaced by the output folder, written to `<out>/recipes/<name>`."""
+        source = self.recipes / name
+        if not source.is_file():
+            raise DeepGenInputError(f"recipe {str(source)!r} is missing from the recipe folder.")
+        target = self.out / "recipes" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source.read_text().replace("{run}", str(self.out)))
+        return target
+
+    def settings(self, name: str) -> dict:
+        return yaml.safe_load(self.recipe(name).read_text()) or {}
+
+    def deepgen(self, *args: str) -> None:
+        """Run `python -m deepgen_core.cli ARGS` (the `deepgen` command) in a fresh process; fail loudly."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))))
+        command = [sys.executable, "-m", "deepgen_core.cli", *args]
+        logger.info("running: deepgen %s", " ".join(args))
+        done = subprocess.run(command, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"`deepgen {' '.join(args)}` failed with exit code {done.returncode}; fix it and re-run (finished steps are kept).")
+
+
+def step_data(run: TinyRun) -> dict:
+    from ..tiny_world import write_dataset, write_rl_prompts
+
+    s = run.settings("data.yaml")
+    paths = write_dataset(run.out / "data", n_t2i=s["n_t2i"], n_edit=s["n_edit"], n_text=s["n_text"], seed=s["seed"],
+                          size=s["size"], workers=s.get("workers", os.cpu_count() or 1))
+    rl = write_rl_prompts(run.out / "rl-prompts", n_text=s["rl_text_prompts"], n_shapes=s["rl_shape_prompts"], seed=s["seed"] + 1)
+    return {"files": {k: str(v) for k, v in paths.items()}, "rl_prompts": str(rl)}
+
+
+def step_vae(run: TinyRun) -> dict:
+    run.deepgen("train", "vae", "--config", str(run.recipe("vae.yaml")))
+    return {}
+
+
+def step_init(run: TinyRun) -> dict:
+    from ..loading import save_converted
+    from ..models.tiny_vae import load_tiny_vae
+    from ..presets import deepgen_tiny_architecture
+
+    vae = load_tiny_vae(run.out / "vae" / "vae.safetensors")
+    components = deepgen_tiny_architecture(seed=run.settings("data.yaml")["seed"], vae=vae)
+    save_converted(components, run.out / "init", dtype=torch.float32)
+    return {"parameters": {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in ("encoder", "transformer", "vae")}}
+
+
+def step_stage(stage: str, recipe: str) -> Callable[[TinyRun], dict]:
+    def run_stage(run: TinyRun) -> dict:
+        run.deepgen("train", stage, "--config", str(run.recipe(recipe)))
+        return {}
+
+    return run_stage
+
+
+STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3": "stage3/export"}
+
+
+def step_eval(run: TinyRun) -> dict:
+    from ..pipeline import DeepGenPipeline
+    from ..tiny_world.evaluate import evaluate_all, metrics_table
+
+    s = run.settings("eval.yaml")
+    results = {}
+    for name in s["checkpoints"]:
+        pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS[name], torch_dtype=torch.float32, device=run.device)
+        results[name] = evaluate_all(pipe, **s["evaluate"])
+        logger.info("%s: %s", name, json.dumps(results[name]))
+    (run.out / "metrics.json").write_text(json.dumps(results, indent=1))
+    (run.out / "metrics.md").write_text(metrics_table(results))
+    return {"metrics": results}
+
+
+def step_package(run: TinyRun) -> dict:
+    from ..pipeline import DeepGenPipeline
+
+    package = run.out / "package"
+    pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS["stage3"], torch_dtype=torch.float32)
+    files = pipe.save_converted(package, torch.float16)
+    size = sum(p.stat().st_size for p in package.iterdir() if p.is_file())
+    if size > PACKAGE_BUDGET_BYTES:
+        raise RuntimeError(f"the packaged model is {size / 1e6:.1f} MB, over the {PACKAGE_BUDGET_BYTES / 1e6:.0f} MB budget; shrink the DiT in presets.deepgen_tiny_transformer.")
+    if (run.out / "metrics.json").is_file():
+        (package / "metrics.json").write_text((run.out / "metrics.json").read_text())
+    return {"bytes": size, "files": [str(p) for p in files.values()]}
+
+
+STEP_FUNCTIONS: dict[str, Callable[[TinyRun], dict]] = {
+    "data": step_data, "vae": step_vae, "init": step_init,
+    "stage1": step_stage("pretrain", "stage1.yaml"), "stage2": step_stage("sft", "stage2.yaml"), "stage3": step_stage("rl", "stage3.yaml"),
+    "eval": step_eval, "package": step_package,
+}
+
+
+def run_tiny_recipe(run: TinyRun, first: str = STEPS[0], last: str = STEPS[-1]) -> dict[str, dict]:
+    """Run steps `first`..`last` (skipping finished ones); returns each step's record (with `seconds`)."""
+    for name in (first, last):
+        if name not in STEPS:
+            raise DeepGenInputError(f"unknown step {name!r}; steps are {', '.join(STEPS)}.")
+    run.out.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for step in STEPS[STEPS.index(first) : STEPS.index(last) + 1]:
+        marker = run.out / f"{step}.done"
+        if marker.is_file():
+            records[step] = json.loads(marker.read_text())
+            logger.info("step %s already done (%.0f s); skipping", step, records[step]["seconds"])
+            continue
+        start = time.perf_counter()
+        record = STEP_FUNCTIONS[step](run)
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        record["device"] = torch.cuda.get_device_name() if run.device.startswith("cuda") else "cpu"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, marker)
+        records[step] = record
+        logger.info("step %s done in %.0f s", step, record["seconds"])
+    return records
