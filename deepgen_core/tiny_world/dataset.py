@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
@@ -84,8 +85,6 @@ def write_dataset(folder: str | Path, n_t2i: int, n_edit: int, n_text: int, seed
 
 def _threads_unsafe() -> bool:
     """Fork is fast but unsafe once torch has started its thread pools; use spawn when torch is loaded."""
-    import sys
-
     return "torch" in sys.modules
 
 
