@@ -139,6 +139,8 @@ def test_prompts_parse_back_to_their_scene():
         assert parse_prompt(two.prompt) is None
     assert parse_prompt(sample_text(sample_rng(0, "train", "text", 0), "train").prompt) is None
     assert parse_prompt("a photo of a cat") is None
+    with pytest.raises(ValueError, match="1 or 2 objects"):
+        random_scene(np.random.default_rng(0), 3)
 
 
 def test_shape_world_reward():

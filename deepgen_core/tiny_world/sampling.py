@@ -117,17 +117,19 @@ def random_object(rng: np.random.Generator, scene: Scene, colour: str | None = N
 
 
 def random_scene(rng: np.random.Generator, n_objects: int, split: str = "train") -> Scene:
-    """A scene of `n_objects` objects. 'train': no object has a held-out combination; 'heldout': the first has one."""
+    """A scene of 1 or 2 objects. 'train': no object has a held-out combination; 'heldout': the first has one."""
     _check_split(split)
+    if n_objects not in (1, 2):
+        raise ValueError(f"tiny-world scenes hold 1 or 2 objects, got n_objects={n_objects}.")
     while True:
         colour, shape, background = _pick(rng, T2I_COMBOS[split])
-        scene = Scene(background)
-        first = random_object(rng, scene, colour, shape)
-        objects = [first]
-        for _ in range(n_objects - 1):
-            objects.append(random_object(rng, Scene(background, tuple(objects)), split="train" if split == "train" else None))
-        if all(o is not None for o in objects):
-            return Scene(background, tuple(objects))
+        # the first object always fits an empty canvas (its colour differs from the background)
+        scene = Scene(background, (random_object(rng, Scene(background), colour, shape),))
+        if n_objects == 1:
+            return scene
+        second = random_object(rng, scene, split="train" if split == "train" else None)
+        if second is not None:
+            return Scene(background, scene.objects + (second,))
 
 
 def sample_t2i(rng: np.random.Generator, split: str, n_objects: int = 1) -> T2ISample:
