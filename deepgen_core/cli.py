@@ -1,4 +1,5 @@
-"""`deepgen` command line: `generate` (text-to-image / edit), `convert` (release -> safetensors layout), `train`."""
+"""`deepgen` command line: `generate` (text-to-image / edit), `convert` (release -> safetensors layout), `train`,
+`reward-server`, `tiny-world` (DeepGen-Tiny's procedural data and evaluation)."""
 
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
 
     from .rewards.service import add_reward_server_parser
+    from .tiny_world.cli import add_tiny_world_parser
     from .train.cli import add_train_parser
     from .train.rl.cli import add_rl_parser
 
     add_train_parser(sub)
     add_rl_parser(sub)  # `train rl`, in the RL package's own module
     add_reward_server_parser(sub)
+    add_tiny_world_parser(sub)
     return parser
 
 

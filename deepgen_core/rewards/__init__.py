@@ -13,6 +13,7 @@ from .base import Reward, RewardOutput, check_batch
 from .clip import CLIPReward
 from .ocr import OCRReward, extract_target_text, text_accuracy
 from .service import HTTPReward
+from .shape_world import ShapeWorldReward
 from .simple import BrightnessReward, ColorReward
 from .vlm import VLMPairwiseReward
 
@@ -22,6 +23,7 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "ocr": OCRReward,
     "clip_sim": CLIPReward,
     "unifiedreward_think": VLMPairwiseReward,
+    "shape_world": ShapeWorldReward,
 }
 
 
@@ -34,5 +36,5 @@ def build_reward(name: str, **options) -> Reward:
 
 __all__ = [
     "REWARDS", "BrightnessReward", "CLIPReward", "ColorReward", "HTTPReward", "OCRReward", "Reward", "RewardOutput",
-    "VLMPairwiseReward", "build_reward", "check_batch", "extract_target_text", "text_accuracy",
+    "ShapeWorldReward", "VLMPairwiseReward", "build_reward", "check_batch", "extract_target_text", "text_accuracy",
 ]
