@@ -61,12 +61,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_all, format_table
 
     if args.model is None:
-        from ..presets import tiny_components
+        from ..presets import deepgen_tiny_dir
 
-        logger.info("no --model given: evaluating the embedded tiny model")
-        pipe = DeepGenPipeline.from_components(tiny_components(dtype=torch.float32)).to(args.device)
-    else:
-        pipe = DeepGenPipeline.from_pretrained(args.model, torch_dtype=torch.float32, device=args.device)
+        logger.info("no --model given: evaluating the embedded DeepGen-Tiny")
+    model = args.model or deepgen_tiny_dir()
+    pipe = DeepGenPipeline.from_pretrained(model, torch_dtype=torch.float32, device=args.device)
     tasks = {t.strip() for t in args.tasks.split(",")}
     counts = {"t2i": args.n, "edit": args.n, "text": max(args.n // 2, 1)}
     results = evaluate_all(pipe, *(counts[t] if t in tasks else 0 for t in ("t2i", "edit", "text")), seed=args.seed,

@@ -82,7 +82,7 @@ def step_data(run: TinyRun) -> dict:
     paths = write_dataset(run.out / "data", n_t2i=s["n_t2i"], n_edit=s["n_edit"], n_text=s["n_text"], seed=s["seed"],
                           size=s["size"], workers=s.get("workers", os.cpu_count() or 1))
     rl = write_rl_prompts(run.out / "rl-prompts", n_text=s["rl_text_prompts"], n_shapes=s["rl_shape_prompts"], seed=s["seed"] + 1)
-    return {"files": {k: str(v) for k, v in paths.items()}, "rl_prompts": str(rl)}
+    return {"files": {k: str(v) for k, v in paths.items()}, "rl_prompts": str(rl)}  # rl: <out>/rl-prompts/rl_prompts.yaml
 
 
 def step_vae(run: TinyRun) -> dict:
@@ -91,11 +91,10 @@ def step_vae(run: TinyRun) -> dict:
 
 
 def step_init(run: TinyRun) -> dict:
-    from ..loading import save_converted
-    from ..models.tiny_vae import load_tiny_vae
+    from ..loading import load_vae_file, save_converted
     from ..presets import deepgen_tiny_architecture
 
-    vae = load_tiny_vae(run.out / "vae" / "vae.safetensors")
+    vae = load_vae_file(run.out / "vae" / "vae.safetensors")
     components = deepgen_tiny_architecture(seed=run.settings("data.yaml")["seed"], vae=vae)
     save_converted(components, run.out / "init", dtype=torch.float32)
     return {"parameters": {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in ("encoder", "transformer", "vae")}}
@@ -114,7 +113,7 @@ STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3":
 
 def step_eval(run: TinyRun) -> dict:
     from ..pipeline import DeepGenPipeline
-    from ..tiny_world.evaluate import evaluate_all, metrics_table
+    from ..tiny_world.evaluate import evaluate_all, format_table
 
     s = run.settings("eval.yaml")
     results = {}
@@ -123,7 +122,7 @@ def step_eval(run: TinyRun) -> dict:
         results[name] = evaluate_all(pipe, **s["evaluate"])
         logger.info("%s: %s", name, json.dumps(results[name]))
     (run.out / "metrics.json").write_text(json.dumps(results, indent=1))
-    (run.out / "metrics.md").write_text(metrics_table(results))
+    (run.out / "metrics.md").write_text("\n\n".join(f"### {name}\n\n{format_table(r)}" for name, r in results.items()) + "\n")
     return {"metrics": results}
 
 
