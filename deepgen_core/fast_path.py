@@ -25,6 +25,7 @@ from .acceleration import (
     quantize_fp8,
 )
 from .errors import DeepGenInputError
+from .latents import vae_scale_factor
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class FastPathMixin:
         if not enabled:
             self.vae.disable_tiling()
             return
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        factor = vae_scale_factor(self.vae)
         if tile_size <= 0 or tile_size % factor:
             raise DeepGenInputError(f"tile_size must be a positive multiple of {factor}, got {tile_size!r}.")
         self.vae.enable_tiling()

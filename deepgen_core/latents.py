@@ -39,3 +39,13 @@ def initial_noise(shape: Sequence[int], generator: torch.Generator, batch_index:
         raise ValueError(f"batch_index has {len(batch_index)} entries for a batch of {shape[0]}.")
     draws = [torch.randn((1, *shape[1:]), generator=generator, dtype=torch.float32) for _ in range(max(batch_index) + 1)]
     return torch.cat([draws[i] for i in batch_index])
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent along a side, from a VAE's config: `AutoencoderKL` (SD3: 8) halves once per block
+    after the first; `AutoencoderTiny` upsamples by `upsampling_scaling_factor` between decoder stages."""
+    config = vae.config
+    upsampling = getattr(config, "upsampling_scaling_factor", None)
+    if upsampling is not None:
+        return int(upsampling) ** (len(config.decoder_block_out_channels) - 1)
+    return 2 ** (len(config.block_out_channels) - 1)

@@ -9,6 +9,7 @@ Nothing here ever reaches a network: every `from_pretrained` is `local_files_onl
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -38,8 +39,15 @@ from .checkpoint import (
 )
 from .config import DeepGenConfig
 from .errors import CheckpointError
+from .models.tiny_vae import TINY_LATENT_CHANNELS, DeepGenTinyVAE
 from .models.transformer import DeepGenSD3Transformer
 from .models.vlm import DeepGenEncoder
+from .vae_layout import (
+    comfy_taesd_to_state_dict,
+    infer_taesd_config,
+    is_comfy_taesd,
+    state_dict_to_comfy_taesd,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ class DeepGenComponents:
     tokenizer: PreTrainedTokenizerBase
     encoder: DeepGenEncoder
     transformer: DeepGenSD3Transformer
-    vae: AutoencoderKL
+    vae: AutoencoderKL | DeepGenTinyVAE
     scheduler: FlowMatchEulerDiscreteScheduler
 
 
@@ -229,7 +237,7 @@ def save_converted(components: DeepGenComponents, out_dir: str | Path, dtype: to
             {**common, "component": "transformer", "transformer_config": config_json(components.transformer.config),
              "scheduler_config": config_json(components.scheduler.config)},
         ),
-        VAE_FILE: (components.vae.state_dict(), {**common, "component": "vae", "vae_config": config_json(components.vae.config)}),
+        VAE_FILE: (vae_file_state(components.vae), {**common, **vae_file_metadata(components.vae)}),
     }
     written = {}
     for name, (state, meta) in files.items():
@@ -304,12 +312,78 @@ def load_converted_transformer(path: str | Path, dtype: torch.dtype) -> tuple[De
     return cast(transformer, dtype).eval(), scheduler
 
 
-def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
-    state, meta = _read_converted(_component_file(Path(path), "vae"), "vae")
+def vae_file_state(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of a VAE file: diffusers keys for `AutoencoderKL`, ComfyUI's TAESD layout for the tiny VAE
+    (so the one file loads in ComfyUI's VAELoader and in ours)."""
+    return state_dict_to_comfy_taesd(vae.state_dict()) if isinstance(vae, DeepGenTinyVAE) else vae.state_dict()
+
+
+def vae_file_metadata(vae: torch.nn.Module) -> dict[str, str]:
+    return {"component": "vae", "vae_config": config_json(vae.config)}
+
+
+def save_vae_file(vae: torch.nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write one self-describing VAE file atomically (the converted layout's VAE file, alone).
+
+    Args:
+        vae: `AutoencoderKL` or `DeepGenTinyVAE`.
+        dtype: cast floating tensors (e.g. torch.float16); None keeps them.
+    """
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in vae_file_state(vae).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save_safetensors(state, path, {"deepgen_format": FORMAT_VERSION, **vae_file_metadata(vae)})
+
+
+def vae_from_state(state: dict[str, torch.Tensor], config: dict | None, what: str, latent_channels: int | None = TINY_LATENT_CHANNELS) -> torch.nn.Module:
+    """Build the VAE a state dict describes: the tiny VAE for ComfyUI TAESD keys (config from `config` or the
+    keys), else `AutoencoderKL` from `config`.
+
+    Args:
+        latent_channels: required latent channels (the SD3 latent space: 16); None skips the check.
+    """
+    if is_comfy_taesd(state):
+        config = config or infer_taesd_config(state)
+        state = comfy_taesd_to_state_dict(state, what)
+        cls = DeepGenTinyVAE
+    elif config is None:
+        raise CheckpointError(f"{what} is neither a DeepGen VAE file nor a ComfyUI TAESD file; pick the VAE written by `deepgen convert` or `deepgen train vae`.")
+    else:
+        cls = AutoencoderKL
+    found = config.get("latent_channels")
+    if latent_channels is not None and found != latent_channels:
+        raise CheckpointError(
+            f"{what} has {found} latent channels, but DeepGen's DiT works in the {latent_channels}-channel SD3 latent "
+            "space; pick a 16-channel VAE (the SD3 VAE, or a tiny VAE from `deepgen train vae`)."
+        )
+    # AutoencoderTiny registers `block_out_channels` beside its init arguments; from_config would warn about it.
+    accepted = inspect.signature(cls.__init__).parameters
     with torch.device("meta"):
-        vae = AutoencoderKL.from_config(json.loads(meta["vae_config"]))
-    load_state_checked(vae, state, f"VAE file {path}")
-    return cast(vae, dtype).eval()
+        vae = cls.from_config({k: v for k, v in config.items() if k in accepted or k.startswith("_")})
+    load_state_checked(vae, state, what)
+    return vae
+
+
+def load_vae_file(path: str | Path, dtype: torch.dtype = torch.float32, latent_channels: int | None = TINY_LATENT_CHANNELS) -> torch.nn.Module:
+    """A VAE from one file: a DeepGen VAE file (either layout) or a plain ComfyUI TAESD file.
+
+    Args:
+        path: the `.safetensors` file.
+        latent_channels: required latent channels (16 for DeepGen); None skips the check.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"VAE file {path} does not exist; check the path.")
+    meta = safetensors_metadata(path) if path.suffix == ".safetensors" else {}
+    if meta.get("component", "vae") != "vae":
+        raise CheckpointError(f"{path} is a DeepGen {meta['component']} file, not a VAE; pick the VAE file.")
+    config = json.loads(meta["vae_config"]) if "vae_config" in meta else None
+    return cast(vae_from_state(read_state_dict(path), config, f"VAE file {path}", latent_channels), dtype).eval()
+
+
+def load_converted_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL | DeepGenTinyVAE:
+    state, meta = _read_converted(_component_file(Path(path), "vae"), "vae")
+    return cast(vae_from_state(state, json.loads(meta["vae_config"]), f"VAE file {path}"), dtype).eval()
 
 
 def is_converted(path: str | Path) -> bool:

@@ -26,6 +26,7 @@ from .image_processing import (
     tensor_to_uint8,
     vit_patches,
 )
+from .latents import vae_scale_factor
 from .loading import (
     DeepGenComponents,
     find_release_parts,
@@ -86,7 +87,7 @@ class DeepGenPipeline(FastPathMixin):
         tokenizer: the Qwen2.5-VL tokenizer (left padding).
         encoder: `DeepGenEncoder` (VLM + think tokens + SCB).
         transformer: `DeepGenSD3Transformer`.
-        vae: SD3 `AutoencoderKL` (16 channels, scaling/shift factors from its config).
+        vae: SD3 `AutoencoderKL` or `DeepGenTinyVAE` (16 channels, scaling/shift factors from its config).
         scheduler: `FlowMatchEulerDiscreteScheduler` (only its config is used; each call takes a fresh copy).
     """
 
@@ -178,7 +179,7 @@ class DeepGenPipeline(FastPathMixin):
     def vae_scale_factor(self) -> int:
         if self.vae is None:  # hosts that encode/decode with their own VAE (ComfyUI): the SD3 VAE's factor
             return 8
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @property
     def max_image_size(self) -> int:

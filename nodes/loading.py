@@ -11,13 +11,14 @@ from ..deepgen_core.errors import CheckpointError, DeepGenInputError
 from ..deepgen_core.loading import (
     VAE_FILE,
     DeepGenComponents,
-    config_json,
     default_attn_implementation,
     find_release_parts,
     is_converted,
     load_converted_encoder,
     load_converted_transformer,
     load_release,
+    vae_file_metadata,
+    vae_file_state,
 )
 from ..deepgen_core.presets import DEEPGEN_TINY_DIR
 from ._comfy import comfy_sd, comfy_utils, folder_paths, io, model_management
@@ -117,7 +118,7 @@ def load_vae(vae_name: str, model_path: Path, components: DeepGenComponents):
         state, metadata = comfy_utils.load_torch_file(folder_paths.get_full_path_or_raise("vae", vae_name), safe_load=True, return_metadata=True)
         return comfy_sd.VAE(sd=state, metadata=metadata)
     if components.vae is not None:
-        return comfy_sd.VAE(sd=components.vae.state_dict(), metadata={"vae_config": config_json(components.vae.config)})
+        return comfy_sd.VAE(sd=vae_file_state(components.vae), metadata=vae_file_metadata(components.vae))
     if model_path.is_dir():
         state, metadata = comfy_utils.load_torch_file(str(model_path / VAE_FILE), safe_load=True, return_metadata=True)
         return comfy_sd.VAE(sd=state, metadata=metadata)

@@ -326,3 +326,21 @@ def test_rollout_preview_node_equals_the_trainer_functions(pack, loaded, model_f
     assert [float(a) for _, a in parsed] == pytest.approx(direct.advantages, abs=tolerance[1])
     with pytest.raises(ValueError, match="unknown reward 'sharpness'"):
         node.execute(model=model, vae=vae, prompts="x", group_size=2, seed=0, sampler="cps_sde", eta=1.0, steps=1, cfg=1.0, width=32, height=32, rewards="sharpness=1")
+
+
+def test_loader_takes_the_tiny_vae_from_a_converted_folder(pack, comfy, model_files):
+    from deepgen_core.models.tiny_vae import tiny_taesd_vae
+
+    components = tiny_components(seed=0)
+    components.vae = tiny_taesd_vae(0)  # the shipping width: ComfyUI's TAESD class builds 64-channel blocks
+    folder = Path(comfy.folder_paths.get_folder_paths("deepgen")[-1]) / "tiny-taesd-folder"
+    DeepGenPipeline.from_components(components).save_converted(folder, dtype=None)
+    model, vae = pack.nodes.loading.DeepGenLoader.execute(model_name="tiny-taesd-folder/", transformer_name="(from model)", vae_name="(from model)", dtype="fp32").args
+    assert vae.latent_channels == 16
+    latents = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        ours = ((components.vae.decode(latents).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+    assert (vae.decode(latents).float().cpu() - ours).abs().max() < 1e-4
+    positive, negative = _encode(pack, model)
+    samples = _sample(pack, model, positive, negative)["samples"]
+    assert vae.decode(samples).shape == (1, 64, 64, 3)

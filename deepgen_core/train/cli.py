@@ -1,4 +1,4 @@
-"""`deepgen train pretrain|sft --config RECIPE [key=value ...]`, `deepgen train tiny-data DIR` and
+"""`deepgen train pretrain|sft|vae --config RECIPE [key=value ...]`, `deepgen train tiny-data DIR` and
 `deepgen train deepgen-tiny --out DIR` (the whole DeepGen-Tiny recipe, `tiny_recipe.py`).
 
 Launch on one process directly, or under `accelerate launch` / `torchrun` / `deepspeed` for several; the
@@ -12,7 +12,7 @@ import logging
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="training stages 1 (pretrain) and 2 (sft)")
+    train = sub.add_parser("train", help="training stages 1 (pretrain) and 2 (sft), the tiny VAE (vae)")
     stages = train.add_subparsers(dest="train_command", required=True)
     for stage, text in (("pretrain", "stage 1: alignment pre-training (bridge only)"), ("sft", "stage 2: joint SFT (bridge + DiT + VLM LoRA)")):
         p = stages.add_parser(stage, help=text, description=text)
@@ -22,6 +22,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
         # The `deepspeed` launcher appends --local_rank=N; the rank is taken from the environment it also sets.
         p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    text = "the tiny VAE (TAESD architecture, SD3 latent space; writes a ComfyUI-loadable vae.safetensors)"
+    vae = stages.add_parser("vae", help=text, description=text)
+    vae.add_argument("--config", help="YAML recipe (train/recipes/tiny/vae.yaml); fields of VAEConfig")
+    vae.add_argument("overrides", nargs="*", help="config overrides like max_steps=2000 optim.lr=1e-3 output_dir=runs/x")
+    vae.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    vae.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+    vae.set_defaults(handler=run_vae)
     data = stages.add_parser("tiny-data", help="write the synthetic dataset the tiny recipes read")
     data.add_argument("out", nargs="?", default="runs/tiny-data")
     text = "train DeepGen-Tiny end to end: tiny-world data, VAE, stages 1-3, evaluation, fp16 package (one GPU, minutes)"
@@ -63,4 +70,22 @@ def run_train(args: argparse.Namespace) -> int:
     logging.getLogger("deepgen_core").setLevel(logging.INFO)
     result = Trainer(config).run()
     logging.getLogger(__name__).info("finished at step %d; export: %s", result.step, result.export_dir)
+    return 0
+
+
+def run_vae(args: argparse.Namespace) -> int:
+    from .config import field_help
+    from .vae import VAEConfig, load_vae_config, train_vae
+
+    if args.help_config:
+        for name, text in field_help(VAEConfig):
+            print(f"{name}: {text}")
+        return 0
+    config = load_vae_config(args.config, args.overrides)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    logging.getLogger("deepgen_core").setLevel(logging.INFO)
+    result = train_vae(config)
+    logging.getLogger(__name__).info("finished at step %d: %s, held-out PSNR %.2f dB", result.step, result.vae_file, result.holdout_psnr)
     return 0

@@ -132,12 +132,17 @@ class SourceDataset(torch.utils.data.Dataset):
         except OSError as exc:
             raise SampleError(f"cannot read {self.root / name}: {exc.strerror or exc}") from exc
 
-    def _image(self, shard: int | None, name: str) -> torch.Tensor:
+    def decode_image(self, shard: int | None, name: str) -> Image.Image:
+        """The image `name` (of `shard` for tar sources) as stored, or `SampleError`."""
         try:
             image = Image.open(io.BytesIO(self._read_bytes(shard, name)))
             image.load()
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise SampleError(f"cannot decode image {name!r}: {exc}") from exc
+        return image
+
+    def _image(self, shard: int | None, name: str) -> torch.Tensor:
+        image = self.decode_image(shard, name)
         w, h = image.size
         if min(w, h) <= self.data.min_side or not 1 / self.data.max_aspect < w / h < self.data.max_aspect:
             raise SampleError(f"image {name!r} is {w}x{h}: a side <= {self.data.min_side} px or aspect outside 1:{self.data.max_aspect:g}")

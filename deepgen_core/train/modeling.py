@@ -19,6 +19,7 @@ from transformers import Qwen2_5_VLModel
 
 from ..config import DeepGenConfig
 from ..errors import DeepGenInputError
+from ..latents import vae_scale_factor
 from ..loading import (
     DeepGenComponents,
     default_attn_implementation,
@@ -74,7 +75,7 @@ class DeepGenTrainModel(nn.Module):
 
     def latent_shape(self, pixels: torch.Tensor) -> tuple[int, int, int]:
         """(C, H/f, W/f) of the VAE latent of a (3, H, W) image."""
-        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        f = vae_scale_factor(self.vae)
         return (self.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
 
     @torch.no_grad()
