@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepgen_core.train.tiny_recipe import DEFAULT_RECIPES, STEPS, TinyRun, run_tiny_recipe
+from deepgen_core.train.tiny_recipe import (
+    DEFAULT_RECIPES,
+    STEPS,
+    TinyRun,
+    run_tiny_recipe,
+)
 
 SMOKE = {  # recipe file -> dotted keys to shrink (everything else is the shipped recipe)
     "data.yaml": {"n_t2i": 24, "n_text": 8, "n_edit": 8, "rl_text_prompts": 4, "rl_shape_prompts": 4, "workers": 0},

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from PIL import Image
 
 from ..errors import DeepGenInputError
 
@@ -121,9 +122,33 @@ def step_eval(run: TinyRun) -> dict:
         pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS[name], torch_dtype=torch.float32, device=run.device)
         results[name] = evaluate_all(pipe, **s["evaluate"])
         logger.info("%s: %s", name, json.dumps(results[name]))
+        sample_sheet(pipe, s["evaluate"]).save(run.out / f"samples-{name}.png")
     (run.out / "metrics.json").write_text(json.dumps(results, indent=1))
     (run.out / "metrics.md").write_text("\n\n".join(f"### {name}\n\n{format_table(r)}" for name, r in results.items()) + "\n")
     return {"metrics": results}
+
+
+def sample_sheet(pipe, settings: dict, n: int = 8) -> Image.Image:
+    """Held-out prompts of each task (t2i, edit with its input, text) with the model's images, for a look."""
+    from ..image_processing import captioned_grid
+    from ..tiny_world import render
+    from ..tiny_world.sampling import heldout_edits, heldout_t2i, heldout_texts
+
+    kwargs = {"num_inference_steps": settings["steps"], "guidance_scale": settings["cfg"], "height": settings["size"], "width": settings["size"]}
+    t2i, texts, edits = heldout_t2i(n), heldout_texts(n), heldout_edits(n // 2)
+    images = pipe([x.prompt for x in t2i + texts], generator=torch.Generator("cpu").manual_seed(0), **kwargs).images
+    sources = [render(e.source, settings["size"]) for e in edits]
+    edited = pipe([e.instruction for e in edits], image=[[src] for src in sources], generator=torch.Generator("cpu").manual_seed(0), **kwargs).images
+    pairs = [img for pair in zip(sources, edited) for img in pair]
+    captions = [x.prompt for x in t2i + texts] + [c for e in edits for c in ("input", e.instruction)]
+    return captioned_grid(images + pairs, [_wrap(c) for c in captions], columns=n)
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    words, lines = text.split(), [""]
+    for word in words:
+        lines[-1:] = [lines[-1] + " " + word] if len(lines[-1]) + len(word) < width else [lines[-1], word]
+    return "\n".join(line.strip() for line in lines)
 
 
 def step_package(run: TinyRun) -> dict:
