@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -38,7 +39,11 @@ def main() -> None:
     parser.add_argument("--run", default="/tmp/deepgen-tiny")
     parser.add_argument("--until", default="package")
     parser.add_argument("--set", action="append", default=[], help="FILE:key.sub=value")
+    parser.add_argument("--seed-from", default=None, help="copy this folder (finished steps carried from an earlier call) into the run folder first")
+    parser.add_argument("--return", dest="returns", action="append", default=[], help="run-relative folders to return in the tarball (e.g. stage1/export)")
     args = parser.parse_args()
+    if args.seed_from:
+        shutil.copytree(args.seed_from, args.run, dirs_exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipes = Path("/tmp/tiny-recipes")
     shutil.rmtree(recipes, ignore_errors=True)
@@ -51,12 +56,17 @@ def main() -> None:
     finally:
         run = Path(args.run)
         print(f"total {time.perf_counter() - start:.0f} s")
-        for pattern in ("*.done", "metrics.*", "recipes/*", "*/metrics.jsonl", "vae/report.json", "stage3/samples/*", "package/*"):
-            for path in run.glob(pattern):
-                if path.is_file():
-                    dest = out / path.relative_to(run)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(path, dest)
+        patterns = ["*.done", "metrics.*", "samples-*.png", "recipes/*", "*/metrics.jsonl", "vae/report.json", "stage3/samples/**/*", "package/*.json"]
+        with tarfile.open(out / "results.tar", "w") as tar:  # small files in one: the device returns at most 8 files
+            for pattern in patterns:
+                for path in run.glob(pattern):
+                    if path.is_file():
+                        tar.add(path, arcname=str(path.relative_to(run)))
+        for folder in args.returns:  # weights one by one (16 MiB per returned file)
+            for path in (run / folder).glob("*.safetensors"):
+                dest = out / folder.replace("/", "_") / path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, dest)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,22 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def pack_images(batch: dict[str, Any]) -> dict[str, Any]:
+    """In a DataLoader worker: equal-size images of a batch travel as one stacked tensor (one shared-memory
+    handle per batch instead of one per image, which dominated the step time of small models)."""
+    pixels = batch["pixel_values"]
+    if len({p.shape for p in pixels}) == 1:
+        batch["pixel_values"] = torch.stack(pixels)
+    return batch
+
+
+def unpack_images(batch: dict[str, Any]) -> dict[str, Any]:
+    """In the training process: undo `pack_images` (views of the stacked tensor, no copy)."""
+    if torch.is_tensor(batch["pixel_values"]):
+        batch["pixel_values"] = list(batch["pixel_values"].unbind(0))
+    return batch
+
+
 class _KeyedBatches:
     """Adapts the planned batches to DataLoader keys (the task and batch index travel with every key)."""
 
@@ -235,7 +251,7 @@ class _IndexedDataset(torch.utils.data.Dataset):
 
 
 def _collate_with_meta(items: list[dict[str, Any]]) -> dict[str, Any]:
-    batch = collate(items)
+    batch = pack_images(collate(items))
     batch["index"], batch["task"] = items[0]["_meta"]
     return batch
 

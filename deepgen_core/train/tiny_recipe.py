@@ -112,14 +112,26 @@ def step_stage(stage: str, recipe: str) -> Callable[[TinyRun], dict]:
 STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3": "stage3/export"}
 
 
-def step_eval(run: TinyRun) -> dict:
+def load_stage(run: TinyRun, name: str):
+    """A stage's export (fp32) with the VAE exactly as the VAE step wrote it (fp16): the stage exports carry a
+    bf16 copy of the frozen VAE, and bf16 keeps fewer mantissa bits than the fp16 original."""
+    from ..loading import load_vae_file
     from ..pipeline import DeepGenPipeline
+
+    pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS[name], torch_dtype=torch.float32)
+    vae_file = run.out / "vae" / "vae.safetensors"
+    if vae_file.is_file():
+        pipe.vae = load_vae_file(vae_file).eval()
+    return pipe
+
+
+def step_eval(run: TinyRun) -> dict:
     from ..tiny_world.evaluate import evaluate_all, format_table
 
     s = run.settings("eval.yaml")
     results = {}
     for name in s["checkpoints"]:
-        pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS[name], torch_dtype=torch.float32, device=run.device)
+        pipe = load_stage(run, name).to(run.device)
         results[name] = evaluate_all(pipe, **s["evaluate"])
         logger.info("%s: %s", name, json.dumps(results[name]))
         sample_sheet(pipe, s["evaluate"]).save(run.out / f"samples-{name}.png")
@@ -152,10 +164,8 @@ def _wrap(text: str, width: int = 22) -> str:
 
 
 def step_package(run: TinyRun) -> dict:
-    from ..pipeline import DeepGenPipeline
-
     package = run.out / "package"
-    pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS["stage3"], torch_dtype=torch.float32)
+    pipe = load_stage(run, "stage3")
     files = pipe.save_converted(package, torch.float16)
     size = sum(p.stat().st_size for p in package.iterdir() if p.is_file())
     if size > PACKAGE_BUDGET_BYTES:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .accel import build_accelerator, is_deepspeed
 from .checkpointing import CheckpointManager
 from .config import TrainConfig
-from .data import MixedDataset, build_dataloader
+from .data import MixedDataset, build_dataloader, unpack_images
 from .export import export_inference, export_reference_checkpoint, import_checkpoint
 from .metrics import MetricsLog, render_samples
 from .modeling import (
@@ -97,7 +97,7 @@ class Trainer:
         sampler = MultiSourceBatchSampler(
             [len(s) for s in sources], [s.source.task for s in sources], [s.source.weight for s in sources],
             self.config.data.task_cycle, self.config.micro_batch_size, self.rank, self.world, self.config.seed, start=start)
-        return iter(build_dataloader(self.dataset, sampler.batches(), self.config.data.num_workers))
+        return map(unpack_images, build_dataloader(self.dataset, sampler.batches(), self.config.data.num_workers))
 
     # ------------------------------------------------------------------------------------------- loop
 
