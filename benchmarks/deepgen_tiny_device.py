@@ -57,6 +57,7 @@ def main() -> None:
         run = Path(args.run)
         print(f"total {time.perf_counter() - start:.0f} s")
         patterns = ["*.done", "metrics.*", "samples-*.png", "recipes/*", "*/metrics.jsonl", "vae/report.json", "stage3/samples/**/*", "package/*.json"]
+        patterns += [f"{folder}/*.json" for folder in args.returns]
         with tarfile.open(out / "results.tar", "w") as tar:  # small files in one: the device returns at most 8 files
             for pattern in patterns:
                 for path in run.glob(pattern):
