@@ -143,12 +143,16 @@ def test_text_to_image_matches_the_pipeline_and_native_decode(pack, loaded, mode
     model, vae = loaded
     positive, negative = _encode(pack, model)
     assert positive[0][0].shape[0] == 1 and positive[0][1]["pooled_output"].shape == (1, 40)
-    out = _sample(pack, model, positive, negative)
-    pipe = DeepGenPipeline.from_components(model_files)
-    ref = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="latent").latents
+    _assert_equals_pipeline(DeepGenPipeline.from_components(model_files), "a red circle", _sample(pack, model, positive, negative), vae)
+
+
+def _assert_equals_pipeline(pipe: DeepGenPipeline, prompt: str, out: dict, vae) -> None:
+    """`out` (the sampler's LATENT for `_sample`'s defaults) and its native VAEDecode equal the core pipeline's."""
+    kwargs = {"height": 64, "width": 64, "num_inference_steps": 3}
+    ref = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="latent", **kwargs).latents
     torch.testing.assert_close(out["samples"], to_vae_space(ref), atol=1e-5, rtol=1e-5)
-    ours = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt").images
-    torch.testing.assert_close(vae.decode(out["samples"]), ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+    ours = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="pt", **kwargs).images
+    torch.testing.assert_close(vae.decode(out["samples"]).float().cpu(), ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
 
 
 def test_edit_with_reference_latent_matches_the_pipeline(pack, loaded, model_files):
@@ -231,13 +235,7 @@ def test_embedded_model_with_its_own_dit_and_vae_matches_the_pipeline(pack, embe
     prompt = "a large red circle in the center, blue background"
     positive, negative = _encode(pack, model, prompt=prompt)
     out = _sample(pack, model, positive, negative)
-    pipe = DeepGenPipeline.from_pretrained(embedded_standin, torch_dtype=torch.float32)
-    ref = pipe(prompt, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="latent").latents
-    torch.testing.assert_close(out["samples"], to_vae_space(ref), atol=1e-5, rtol=1e-5)
-    ours = pipe(prompt, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt").images
-    decoded = vae.decode(out["samples"]).float().cpu()
-    assert decoded.shape == (1, 64, 64, 3)
-    torch.testing.assert_close(decoded, ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+    _assert_equals_pipeline(DeepGenPipeline.from_pretrained(embedded_standin, torch_dtype=torch.float32), prompt, out, vae)
 
 
 # ------------------------------------------------------------------------------------------------ errors
