@@ -198,8 +198,15 @@ def test_converted_wrong_component(tmp_path, tiny_pipe):
         load_converted_vae(files["deepgen-transformer.safetensors"], torch.float32)
 
 
-def test_cli_reports_errors_cleanly(capsys):
+def test_cli_reports_errors_cleanly(capsys, tmp_path, monkeypatch):
+    import deepgen_core.presets
     from deepgen_core.cli import main
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.presets import tiny_components
 
-    assert main(["generate", "--prompt", "x", "--height", "100", "--out", "/tmp/never.png"]) == 2
+    DeepGenPipeline.from_components(tiny_components(seed=0)).save_converted(tmp_path / "tiny", dtype=None)
+    assert main(["generate", "--model", str(tmp_path / "tiny"), "--prompt", "x", "--height", "100", "--out", str(tmp_path / "never.png")]) == 2
     assert "height must be a positive multiple of 16" in capsys.readouterr().err
+    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "not-installed")  # no --model: the embedded model
+    assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "never.png")]) == 2
+    assert "embedded DeepGen-Tiny is missing" in capsys.readouterr().err

@@ -19,8 +19,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from deepgen_core.latents import to_vae_space
+from deepgen_core.loading import save_converted
 from deepgen_core.pipeline import DeepGenPipeline
-from deepgen_core.presets import sd3_vae, tiny_components
+from deepgen_core.presets import deepgen_tiny_architecture, sd3_vae, tiny_components
 
 REPO = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "comfy_stub"
@@ -142,12 +143,16 @@ def test_text_to_image_matches_the_pipeline_and_native_decode(pack, loaded, mode
     model, vae = loaded
     positive, negative = _encode(pack, model)
     assert positive[0][0].shape[0] == 1 and positive[0][1]["pooled_output"].shape == (1, 40)
-    out = _sample(pack, model, positive, negative)
-    pipe = DeepGenPipeline.from_components(model_files)
-    ref = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="latent").latents
+    _assert_equals_pipeline(DeepGenPipeline.from_components(model_files), "a red circle", _sample(pack, model, positive, negative), vae)
+
+
+def _assert_equals_pipeline(pipe: DeepGenPipeline, prompt: str, out: dict, vae) -> None:
+    """`out` (the sampler's LATENT for `_sample`'s defaults) and its native VAEDecode equal the core pipeline's."""
+    kwargs = {"height": 64, "width": 64, "num_inference_steps": 3}
+    ref = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="latent", **kwargs).latents
     torch.testing.assert_close(out["samples"], to_vae_space(ref), atol=1e-5, rtol=1e-5)
-    ours = pipe("a red circle", height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt").images
-    torch.testing.assert_close(vae.decode(out["samples"]), ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+    ours = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="pt", **kwargs).images
+    torch.testing.assert_close(vae.decode(out["samples"]).float().cpu(), ours.permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
 
 
 def test_edit_with_reference_latent_matches_the_pipeline(pack, loaded, model_files):
@@ -200,6 +205,37 @@ def test_loader_folder_layout_equals_file_layout(pack, loaded):
     fp, fn = _encode(pack, folder_model)
     assert torch.equal(p[0][0], fp[0][0])
     assert torch.equal(_sample(pack, model, p, n)["samples"], _sample(pack, folder_model, fp, fn)["samples"])
+
+
+@pytest.fixture(scope="module")
+def embedded_standin(tmp_path_factory) -> Path:
+    """A stand-in for the shipped DeepGen-Tiny: its real layout and fp16 files, random weights."""
+    folder = tmp_path_factory.mktemp("deepgen-tiny")
+    save_converted(deepgen_tiny_architecture(seed=0), folder, dtype=torch.float16)
+    return folder
+
+
+def test_loader_offers_the_embedded_model_first_only_when_it_ships(pack, model_files, embedded_standin, monkeypatch, tmp_path):
+    loading = pack.nodes.loading
+
+    def options() -> list[str]:
+        return {i.id: i for i in loading.DeepGenLoader.define_schema().inputs}["model_name"].options
+
+    monkeypatch.setattr(loading, "DEEPGEN_TINY_DIR", embedded_standin)
+    assert options()[0] == loading.EMBEDDED and "tiny-encoder.safetensors" in options()
+    monkeypatch.setattr(loading, "DEEPGEN_TINY_DIR", tmp_path / "not-installed")
+    assert loading.EMBEDDED not in options() and "tiny-encoder.safetensors" in options()
+
+
+def test_embedded_model_with_its_own_dit_and_vae_matches_the_pipeline(pack, embedded_standin, monkeypatch):
+    loading = pack.nodes.loading
+    monkeypatch.setattr(loading, "DEEPGEN_TINY_DIR", embedded_standin)
+    model, vae = loading.DeepGenLoader.execute(model_name=loading.EMBEDDED, transformer_name=loading.FROM_MODEL, vae_name=loading.FROM_MODEL, dtype="fp32").args
+    assert vae.latent_channels == 16
+    prompt = "a large red circle in the center, blue background"
+    positive, negative = _encode(pack, model, prompt=prompt)
+    out = _sample(pack, model, positive, negative)
+    _assert_equals_pipeline(DeepGenPipeline.from_pretrained(embedded_standin, torch_dtype=torch.float32), prompt, out, vae)
 
 
 # ------------------------------------------------------------------------------------------------ errors

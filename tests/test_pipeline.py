@@ -116,9 +116,15 @@ def test_callback_can_replace_latents(tiny_pipe):
     assert torch.count_nonzero(out.latents) == 0
 
 
-def test_cli_generate_embedded_model(tmp_path):
+def test_cli_generate_embedded_model(tmp_path, monkeypatch):
+    import deepgen_core.presets
     from deepgen_core.cli import main
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.presets import tiny_components
 
+    # the CLI path without --model, on a stand-in for the shipped weights (the trained ones: test_deepgen_tiny.py)
+    DeepGenPipeline.from_components(tiny_components(seed=0)).save_converted(tmp_path / "embedded", dtype=None)
+    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "embedded")
     out = tmp_path / "x.png"
     assert main(["generate", "--prompt", "a red circle on a blue background", "--steps", "2", "--height", "64", "--width", "64", "--out", str(out)]) == 0
     img = Image.open(out)

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = {"model_name": "deepgen-encoder.safetensors", "transformer_name": "deepgen-transformer.safetensors", "vae_name": "deepgen-vae.safetensors", "dtype": "auto", "attention": "auto"}
-SAMPLING = {"seed": 42, "steps": 50, "cfg": 4.0, "shift": 3.0, "sampler": "euler", "eta": 1.0}
+# Every template runs on the embedded DeepGen-Tiny (128 px) out of the box, with prompts in the phrasing of its
+# procedural training world (`deepgen_core.tiny_world`: `describe`, `describe_text`, `make_edit`). For DeepGen 1.0
+# pick the converted files in the loader and raise the sizes to 512.
+MODEL = {"model_name": "DeepGen-Tiny (embedded)", "transformer_name": "(from model)", "vae_name": "(from model)", "dtype": "auto", "attention": "auto"}
+SAMPLING = {"seed": 42, "steps": 25, "cfg": 4.0, "shift": 3.0, "sampler": "euler", "eta": 1.0}
+SIZE = 128
+SHAPE_PROMPT = "a large red circle in the center, blue background"
+EDIT_INSTRUCTION = "make the circle green"
+TEXT_PROMPT = 'the word "CAT" in black letters on a white background'
+ROLLOUT_PROMPTS = 'the word "SUN" in yellow letters on a black background'
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # Built-in ComfyUI nodes used by the templates: (inputs [(name, type)], widgets, outputs [(name, type)]).
@@ -107,25 +116,33 @@ def to_ui(nodes: list[Node], specs: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+def _text_to_image(first_id: int, prompt: str, batch_size: int = 1) -> list[Node]:
+    """Encode -> empty latent -> sample -> decode from node `first_id` on; the decoded IMAGE is output 0 of the
+    last node. The loader is node 1."""
+    encode, empty, sample, decode = range(first_id, first_id + 4)
+    return [
+        Node(encode, "DeepGenVLMEncode", {"prompt": prompt, "negative_prompt": ""}, {"model": (1, 0)}),
+        Node(empty, "EmptySD3LatentImage", {"width": SIZE, "height": SIZE, "batch_size": batch_size}),
+        Node(sample, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (encode, 0), "negative": (encode, 1), "latent_image": (empty, 0)}),
+        Node(decode, "VAEDecode", {}, {"samples": (sample, 0), "vae": (1, 1)}),
+    ]
+
+
 def templates() -> dict[str, list[Node]]:
     loader = Node(1, "DeepGenLoader", MODEL)
-    t2i = [
-        loader,
-        Node(2, "DeepGenVLMEncode", {"prompt": "a red circle on a blue background", "negative_prompt": ""}, {"model": (1, 0)}),
-        Node(3, "EmptySD3LatentImage", {"width": 512, "height": 512, "batch_size": 1}),
-        Node(4, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (2, 0), "negative": (2, 1), "latent_image": (3, 0)}),
-        Node(5, "VAEDecode", {}, {"samples": (4, 0), "vae": (1, 1)}),
-        Node(6, "SaveImage", {"filename_prefix": "deepgen_t2i"}, {"images": (5, 0)}),
-    ]
+    t2i = [loader, *_text_to_image(2, SHAPE_PROMPT), Node(6, "SaveImage", {"filename_prefix": "deepgen_t2i"}, {"images": (5, 0)})]
+    # the edit starts from a picture the model draws itself (nodes 2-5), so the template needs no input file
     edit = [
         loader,
-        Node(2, "LoadImage", {"image": "example.png", "upload": "image"}),
-        Node(3, "DeepGenVLMEncode", {"prompt": "make the circle green", "negative_prompt": ""}, {"model": (1, 0), "image_1": (2, 0)}),
-        Node(4, "DeepGenReferenceLatent", {}, {"conditioning": (3, 0), "image": (2, 0), "vae": (1, 1)}),
-        Node(5, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (4, 0), "negative": (3, 1), "latent_image": (4, 1)}),
-        Node(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 1)}),
-        Node(7, "SaveImage", {"filename_prefix": "deepgen_edit"}, {"images": (6, 0)}),
+        *_text_to_image(2, SHAPE_PROMPT),
+        Node(6, "DeepGenVLMEncode", {"prompt": EDIT_INSTRUCTION, "negative_prompt": ""}, {"model": (1, 0), "image_1": (5, 0)}),
+        Node(7, "DeepGenReferenceLatent", {}, {"conditioning": (6, 0), "image": (5, 0), "vae": (1, 1)}),
+        Node(8, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (7, 0), "negative": (6, 1), "latent_image": (7, 1)}),
+        Node(9, "VAEDecode", {}, {"samples": (8, 0), "vae": (1, 1)}),
+        Node(10, "SaveImage", {"filename_prefix": "deepgen_edit_source"}, {"images": (5, 0)}),
+        Node(11, "SaveImage", {"filename_prefix": "deepgen_edit"}, {"images": (9, 0)}),
     ]
+    # DeepGen-Tiny was not trained on two references: this one is meant for DeepGen 1.0 and your own images
     multi = [
         loader,
         Node(2, "LoadImage", {"image": "example.png", "upload": "image"}, title="Load Image (subject)"),
@@ -139,17 +156,15 @@ def templates() -> dict[str, list[Node]]:
     ]
     ocr = [
         loader,
-        Node(2, "DeepGenVLMEncode", {"prompt": 'a shop sign that says "OPEN"', "negative_prompt": ""}, {"model": (1, 0)}),
-        Node(3, "EmptySD3LatentImage", {"width": 512, "height": 512, "batch_size": 2}),
-        Node(4, "DeepGenSampler", SAMPLING, {"model": (1, 0), "positive": (2, 0), "negative": (2, 1), "latent_image": (3, 0)}),
-        Node(5, "VAEDecode", {}, {"samples": (4, 0), "vae": (1, 1)}),
+        *_text_to_image(2, TEXT_PROMPT, batch_size=2),
         Node(6, "SaveImage", {"filename_prefix": "deepgen_text"}, {"images": (5, 0)}),
-        Node(7, "DeepGenOCRReward", {"target_text": 'a shop sign that says "OPEN"'}, {"images": (5, 0)}),
+        Node(7, "DeepGenOCRReward", {"target_text": TEXT_PROMPT}, {"images": (5, 0)}),
         Node(8, "PreviewAny", {}, {"source": (7, 1)}, title="OCR report"),
     ]
     rollout = [
         loader,
-        Node(2, "DeepGenRolloutPreview", {"prompts": 'a shop sign that says "OPEN"', "group_size": 4, "seed": 0, "steps": 50, "rewards": "ocr=1"}, {"model": (1, 0), "vae": (1, 1)}),
+        Node(2, "DeepGenRolloutPreview", {"prompts": ROLLOUT_PROMPTS, "group_size": 4, "seed": 0, "steps": SAMPLING["steps"], "width": SIZE, "height": SIZE,
+                                          "rewards": "ocr=1"}, {"model": (1, 0), "vae": (1, 1)}),
         Node(3, "PreviewAny", {}, {"source": (2, 1)}, title="Rewards and advantages"),
     ]
     return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr,
