@@ -61,8 +61,21 @@ def _pipeline(args: argparse.Namespace, device: str, dtype):
     if args.model is None:
         from .presets import deepgen_tiny_dir
 
-        logging.getLogger("deepgen").info("no --model given: using the embedded DeepGen-Tiny (128 px, shapes and words)")
-        return DeepGenPipeline.from_pretrained(deepgen_tiny_dir(), torch_dtype=dtype, device=device), True
+        log = logging.getLogger("deepgen")
+        try:
+            path = deepgen_tiny_dir()
+        except FileNotFoundError as exc:
+            # Until the trained weights ship (issue 6), the command still runs, on the untrained architecture.
+            from .loading import cast
+            from .presets import deepgen_tiny_architecture
+
+            log.warning("%s Using DeepGen-Tiny with seeded RANDOM weights instead: the image will be noise.", exc)
+            components = deepgen_tiny_architecture(seed=0)
+            for name in ("encoder", "transformer", "vae"):
+                setattr(components, name, cast(getattr(components, name), dtype).eval())
+            return DeepGenPipeline.from_components(components).to(device), True
+        log.info("no --model given: using the embedded DeepGen-Tiny (128 px, shapes and words)")
+        return DeepGenPipeline.from_pretrained(path, torch_dtype=dtype, device=device), True
     return DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype, device=device), False
 
 

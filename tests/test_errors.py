@@ -207,6 +207,18 @@ def test_cli_reports_errors_cleanly(capsys, tmp_path, monkeypatch):
     DeepGenPipeline.from_components(tiny_components(seed=0)).save_converted(tmp_path / "tiny", dtype=None)
     assert main(["generate", "--model", str(tmp_path / "tiny"), "--prompt", "x", "--height", "100", "--out", str(tmp_path / "never.png")]) == 2
     assert "height must be a positive multiple of 16" in capsys.readouterr().err
-    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "not-installed")  # no --model: the embedded model
-    assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "never.png")]) == 2
-    assert "embedded DeepGen-Tiny is missing" in capsys.readouterr().err
+    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "not-installed")
+    with pytest.raises(FileNotFoundError, match="embedded DeepGen-Tiny is missing"):
+        deepgen_core.presets.deepgen_tiny_dir()
+
+
+def test_cli_without_weights_falls_back_to_the_untrained_architecture(tmp_path, monkeypatch, caplog):
+    """No --model and no embedded weights: the command still works (seeded random DeepGen-Tiny) and says so."""
+    import deepgen_core.presets
+    from deepgen_core.cli import main
+
+    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "not-installed")
+    out = tmp_path / "noise.png"
+    assert main(["generate", "--prompt", "x", "--steps", "2", "--out", str(out)]) == 0
+    assert "RANDOM weights" in caplog.text and "embedded DeepGen-Tiny is missing" in caplog.text
+    assert Image.open(out).size == (128, 128)  # DeepGen-Tiny's default size

@@ -25,11 +25,11 @@ def _freeze_all_but_bridge(model: DeepGenTrainModel) -> None:
     model.encoder.bridge.requires_grad_(True)
 
 
-def setup_alignment(model: DeepGenTrainModel, config: TrainConfig) -> None:
+def setup_alignment(model: DeepGenTrainModel, config: TrainConfig | None) -> None:
     """Stage 1: bridge only (think tokens, projectors, connector); plus the DiT when `train_transformer` is set,
     for a model without a pretrained DiT (DeepGen-Tiny)."""
     _freeze_all_but_bridge(model)
-    if config.train_transformer:
+    if config is not None and config.train_transformer:
         model.transformer.requires_grad_(True)
 
 
