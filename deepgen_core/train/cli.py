@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,19 +74,29 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_vae(args: argparse.Namespace) -> int:
+def run_recipe_command(args: argparse.Namespace, config_cls: type, load: Callable, run: Callable) -> int:
+    """`--help-config`, `--print-config` or a run, for the recipe-driven commands with one config class
+    (`train vae`, `train rl`): `load(recipe, overrides) -> config`, `run(config)` trains."""
     from .config import field_help
-    from .vae import VAEConfig, load_vae_config, train_vae
 
     if args.help_config:
-        for name, text in field_help(VAEConfig):
+        for name, text in field_help(config_cls):
             print(f"{name}: {text}")
         return 0
-    config = load_vae_config(args.config, args.overrides)
+    config = load(args.config, args.overrides)
     if args.print_config:
         print(config.to_json())
         return 0
     logging.getLogger("deepgen_core").setLevel(logging.INFO)
-    result = train_vae(config)
-    logging.getLogger(__name__).info("finished at step %d: %s, held-out PSNR %.2f dB", result.step, result.vae_file, result.holdout_psnr)
+    run(config)
     return 0
+
+
+def run_vae(args: argparse.Namespace) -> int:
+    from .vae import VAEConfig, load_vae_config, train_vae
+
+    def run(config: VAEConfig) -> None:
+        result = train_vae(config)
+        logging.getLogger(__name__).info("finished at step %d: %s, held-out PSNR %.2f dB", result.step, result.vae_file, result.holdout_psnr)
+
+    return run_recipe_command(args, VAEConfig, load_vae_config, run)

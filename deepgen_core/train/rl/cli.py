@@ -24,20 +24,13 @@ def add_rl_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_rl(args: argparse.Namespace) -> int:
-    from ..config import field_help
+    from ..cli import run_recipe_command
     from .config import RLConfig, load_rl_config
 
-    if args.help_config:
-        for name, text in field_help(RLConfig):
-            print(f"{name}: {text}")
-        return 0
-    config = load_rl_config(args.config, args.overrides)
-    if args.print_config:
-        print(config.to_json())
-        return 0
-    from .trainer import RLTrainer
+    def run(config: RLConfig) -> None:
+        from .trainer import RLTrainer
 
-    logging.getLogger("deepgen_core").setLevel(logging.INFO)
-    result = RLTrainer(config).run()
-    logging.getLogger(__name__).info("finished at step %d in %s", result.step, result.output_dir)
-    return 0
+        result = RLTrainer(config).run()
+        logging.getLogger(__name__).info("finished at step %d in %s", result.step, result.output_dir)
+
+    return run_recipe_command(args, RLConfig, load_rl_config, run)
