@@ -16,20 +16,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="training stages 1 (pretrain) and 2 (sft), the tiny VAE (vae)")
     stages = train.add_subparsers(dest="train_command", required=True)
     for stage, text in (("pretrain", "stage 1: alignment pre-training (bridge only)"), ("sft", "stage 2: joint SFT (bridge + DiT + VLM LoRA)")):
-        p = stages.add_parser(stage, help=text, description=text)
-        p.add_argument("--config", help="YAML recipe (train/recipes/*.yaml); fields of TrainConfig")
-        p.add_argument("overrides", nargs="*", help="config overrides like optim.lr=1e-5 checkpoint.output_dir=runs/x")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+        p = add_recipe_parser(stages, stage, text, "train/recipes/*.yaml; fields of TrainConfig", "optim.lr=1e-5 checkpoint.output_dir=runs/x")
         # The `deepspeed` launcher appends --local_rank=N; the rank is taken from the environment it also sets.
         p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     text = "the tiny VAE (TAESD architecture, SD3 latent space; writes a ComfyUI-loadable vae.safetensors)"
-    vae = stages.add_parser("vae", help=text, description=text)
-    vae.add_argument("--config", help="YAML recipe (train/recipes/tiny/vae.yaml); fields of VAEConfig")
-    vae.add_argument("overrides", nargs="*", help="config overrides like max_steps=2000 optim.lr=1e-3 output_dir=runs/x")
-    vae.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    vae.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
-    vae.set_defaults(handler=run_vae)
+    add_recipe_parser(stages, "vae", text, "train/recipes/tiny/vae.yaml; fields of VAEConfig", "max_steps=2000 optim.lr=1e-3 output_dir=runs/x").set_defaults(handler=run_vae)
     data = stages.add_parser("tiny-data", help="write the synthetic dataset the tiny recipes read")
     data.add_argument("out", nargs="?", default="runs/tiny-data")
     text = "train DeepGen-Tiny end to end: tiny-world data, VAE, stages 1-3, evaluation, fp16 package (one GPU, minutes)"
@@ -39,6 +30,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--from", dest="first", default="data", help="first step to run")
     tiny.add_argument("--until", dest="last", default="package", help="last step to run")
     tiny.add_argument("--device", default=None, help="device of the init/eval steps (default: cuda when available)")
+
+
+def add_recipe_parser(stages: argparse._SubParsersAction, name: str, text: str, recipe: str, example: str) -> argparse.ArgumentParser:
+    """A `train` subcommand driven by a YAML recipe: --config, key=value overrides, --print-config, --help-config."""
+    p = stages.add_parser(name, help=text, description=text)
+    p.add_argument("--config", help=f"YAML recipe ({recipe})")
+    p.add_argument("overrides", nargs="*", help=f"config overrides like {example}")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+    return p
 
 
 def run_train(args: argparse.Namespace) -> int:
