@@ -255,17 +255,23 @@ def build_config(stage: str, data: dict[str, Any] | None = None) -> TrainConfig:
     return _from_dict(TrainConfig, merged, "the recipe")
 
 
-def load_config(stage: str, recipe: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML recipe (fields of `TrainConfig`), apply `key=value` overrides, validate."""
+def read_recipe(recipe: str | Path | None, overrides: list[str] = (), shipped: str = "train/recipes/") -> dict[str, Any]:
+    """A YAML recipe as a dict (empty without one) with `key.sub=value` overrides merged on top; `shipped`
+    names the shipped recipes in the error for a missing file. Shared by every `deepgen train` command."""
     data: dict[str, Any] = {}
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
-            raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see train/recipes/ for the shipped ones.")
+            raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see {shipped} for the shipped ones.")
         data = _yaml(path.read_text()) or {}
         if not isinstance(data, dict):
             raise DeepGenInputError(f"recipe {path} must be a YAML mapping of config fields.")
-    return build_config(stage, _deep_merge(data, parse_overrides(list(overrides))))
+    return _deep_merge(data, parse_overrides(list(overrides)))
+
+
+def load_config(stage: str, recipe: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe (fields of `TrainConfig`), apply `key=value` overrides, validate."""
+    return build_config(stage, read_recipe(recipe, overrides))
 
 
 def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:

@@ -20,7 +20,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,10 +33,8 @@ from .config import (
     DistributedConfig,
     OptimConfig,
     SourceConfig,
-    _deep_merge,
     _from_dict,
-    _yaml,
-    parse_overrides,
+    read_recipe,
 )
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
@@ -110,15 +107,7 @@ class VAEConfig:
 
 def load_vae_config(recipe: str | Path | None, overrides: list[str] = ()) -> VAEConfig:
     """Read a YAML recipe (fields of `VAEConfig`), apply `key.sub=value` overrides, validate."""
-    data: dict[str, Any] = {}
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see train/recipes/tiny/vae.yaml.")
-        data = _yaml(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise DeepGenInputError(f"recipe {path} must be a YAML mapping of VAEConfig fields.")
-    return _from_dict(VAEConfig, _deep_merge(data, parse_overrides(list(overrides))), "the VAE recipe")
+    return _from_dict(VAEConfig, read_recipe(recipe, overrides, "train/recipes/tiny/vae.yaml"), "the VAE recipe")
 
 
 # ------------------------------------------------------------------------------------------------ losses

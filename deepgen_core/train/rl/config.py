@@ -15,8 +15,13 @@ from typing import Any
 
 from ...errors import DeepGenInputError
 from ...sampling import check_sde_sampler
-from ..config import DataConfig, DistributedConfig, ModelConfig, OptimConfig, parse_overrides
-from ..config import _deep_merge, _yaml  # the shared recipe reader (YAML 1.1 floats like 1e-4)
+from ..config import (
+    DataConfig,
+    DistributedConfig,
+    ModelConfig,
+    OptimConfig,
+    read_recipe,
+)
 from .advantages import ADVANTAGES
 
 
@@ -152,15 +157,8 @@ def load_rl_config(recipe: str | Path | None, overrides: list[str] = ()) -> RLCo
 
     A relative `rewards.datasets` path resolves against the recipe's folder (SFT sources: as in stages 1-2).
     """
-    data: dict[str, Any] = {}
-    base = Path.cwd()
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see train/recipes/rl*.yaml.")
-        data = _yaml(path.read_text()) or {}
-        base = path.parent
-    data = _deep_merge(data, parse_overrides(list(overrides)))
+    data = read_recipe(recipe, overrides, "train/recipes/rl*.yaml")
+    base = Path(recipe).parent if recipe is not None else Path.cwd()
     datasets = data.get("rewards", {}).get("datasets")
     if datasets is not None and not Path(datasets).is_absolute():
         data["rewards"]["datasets"] = str(base / datasets)
