@@ -70,6 +70,17 @@ class DeepGenPipelineOutput:
 
 
 @dataclass
+class ReferenceTokens:
+    """The frozen vision tower's output for the references of a batch: `embeds` (sum of tokens, H) for every image
+    in row-major order, `grids` (n_images, 3) their patch grids, `counts[i]` the token count of each image of
+    sample i. The training latent cache stores these once per image (the vision tower is frozen in every stage)."""
+
+    embeds: torch.Tensor
+    grids: torch.Tensor
+    counts: list[list[int]]
+
+
+@dataclass
 class PromptEmbeddings:
     """DiT conditioning for B prompts and their B negatives (rows aligned)."""
 
@@ -234,36 +245,41 @@ class DeepGenPipeline(FastPathMixin):
         batch = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
+    def encode_reference_tokens(self, reference_pixels: list[list[torch.Tensor]]) -> ReferenceTokens:
+        """One vision-tower pass over every reference of the batch (per-sample lists of (3, h, w) in [-1, 1])."""
+        dtype = self.encoder.think_tokens.dtype
+        patches, grids = zip(*[vit_patches(ref.to(self.device, dtype)) for refs in reference_pixels for ref in refs])
+        merge = self.encoder.spatial_merge_size**2
+        counts = [int(g.prod()) // merge for g in grids]
+        with self.on_execution_device(self.encoder.vlm.visual):  # offload "model": only now, and alone
+            embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
+        offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
+        return ReferenceTokens(embeds, torch.cat(grids), [counts[offsets[i] : offsets[i + 1]] for i in range(len(reference_pixels))])
+
     def encode_prompt(
         self,
         prompts: list[str],
         negative_prompts: list[str],
-        reference_pixels: list[list[torch.Tensor]] | None = None,
+        reference_pixels: list[list[torch.Tensor]] | ReferenceTokens | None = None,
         max_text_length: int | None = None,
         num_think_tokens: int | None = None,
     ) -> PromptEmbeddings:
         """One VLM pass over `prompts + negative_prompts` (the reference batches them: pads depend on both, §2.3).
 
-        With references, every row gets the image blocks of its sample (negatives too) and the vision tower runs
-        once over all distinct references. Pass no negatives for training; `max_text_length` applies the
-        training-time left truncation (§2.2); `num_think_tokens` appends fewer think tokens (ablation).
+        With references (per-sample pixel lists, or their already encoded `ReferenceTokens`), every row gets the
+        image blocks of its sample (negatives too) and the vision tower runs once over all distinct references.
+        Pass no negatives for training; `max_text_length` applies the training-time left truncation (§2.2);
+        `num_think_tokens` appends fewer think tokens (ablation).
         """
         n = len(prompts)
         image_embeds = grid = None
         if reference_pixels is None:
             texts = [text_to_image_prompt(p) for p in prompts + negative_prompts]
         else:
-            dtype = self.encoder.think_tokens.dtype
-            patches, grids = zip(*[vit_patches(ref.to(self.device, dtype)) for refs in reference_pixels for ref in refs])
-            merge = self.encoder.spatial_merge_size**2
-            counts = [int(g.prod()) // merge for g in grids]
-            with self.on_execution_device(self.encoder.vlm.visual):  # offload "model": only now, and alone
-                embeds = self.encoder.encode_images(torch.cat(patches), torch.cat(grids))
-            offsets = np.cumsum([0] + [len(r) for r in reference_pixels])
-            per_sample = [counts[offsets[i] : offsets[i + 1]] for i in range(n)]
-            texts = [edit_prompt(p, c) for p, c in zip(prompts, per_sample)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, per_sample)]
+            refs = reference_pixels if isinstance(reference_pixels, ReferenceTokens) else self.encode_reference_tokens(reference_pixels)
+            texts = [edit_prompt(p, c) for p, c in zip(prompts, refs.counts)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, refs.counts)]
             copies = 2 if negative_prompts else 1
-            image_embeds, grid = torch.cat([embeds] * copies), torch.cat([torch.cat(grids)] * copies)
+            image_embeds, grid = torch.cat([refs.embeds] * copies), torch.cat([refs.grids] * copies)
         input_ids, attention_mask = self._tokenize(texts)
         with self.on_execution_device(self.encoder):
             context, pooled = self.encoder(

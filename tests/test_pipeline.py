@@ -72,6 +72,30 @@ def test_mixed_reference_sizes_mask_and_match_per_sample(tiny_pipe):
             torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_text_only_position_ids_equal_qwen_rope_index(tiny_pipe):
+    """The vectorised text-only M-RoPE positions equal transformers' `get_rope_index` (pads: 1, as the reference)."""
+    encoder = tiny_pipe.encoder
+    ids, mask = tiny_pipe._tokenize(["a red circle", "a very small blue square on a green background", ""])
+    mask = torch.cat([mask, torch.ones_like(mask[:, :4])], 1).bool()  # think-token slots
+    ids = torch.cat([ids, ids.new_zeros(3, 4)], 1)
+    expected, _ = encoder.vlm.get_rope_index(ids, torch.zeros_like(ids, dtype=torch.int), attention_mask=mask)
+    got = encoder.position_ids(ids, mask, None)
+    assert (~mask).any() and torch.equal(got, expected.masked_fill(~mask[None], 1))
+
+
+def test_cached_reference_tokens_equal_reference_pixels(tiny_pipe):
+    """`encode_prompt` on precomputed `ReferenceTokens` (the training cache) equals encoding the pixels."""
+    g = _gen(2)
+    refs = [[torch.rand(3, 64, 64, generator=g) * 2 - 1], [torch.rand(3, 64, 96, generator=g) * 2 - 1, torch.rand(3, 32, 64, generator=g) * 2 - 1]]
+    with torch.no_grad():
+        direct = tiny_pipe.encode_prompt(["make it red", "swap them"], ["", ""], refs)
+        tokens = tiny_pipe.encode_reference_tokens(refs)
+        cached = tiny_pipe.encode_prompt(["make it red", "swap them"], ["", ""], tokens)
+    assert tokens.counts == [[4], [6, 2]] and tokens.grids.tolist() == [[1, 4, 4], [1, 4, 6], [1, 2, 4]]
+    for a, b in zip(vars(direct).values(), vars(cached).values()):
+        assert torch.equal(a, b)
+
+
 def test_same_seed_same_image_and_seed_matters(tiny_pipe):
     kw = dict(num_inference_steps=3, height=64, width=64, output_type="np")
     a = tiny_pipe("a cat", generator=_gen(7), **kw).images

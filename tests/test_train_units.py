@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_helpers import REPO, reset_accelerate, tiny_data
@@ -16,7 +17,7 @@ from deepgen_core.train.config import (
     build_config,
     load_config,
 )
-from deepgen_core.train.data import MixedDataset, SourceDataset, collate
+from deepgen_core.train.data import MixedDataset, SourceDataset, collate, pack_images, unpack_images
 from deepgen_core.train.optim import parameter_groups, warmup_cosine
 from deepgen_core.train.sampler import MultiSourceBatchSampler
 
@@ -95,6 +96,15 @@ def test_sampler_cycle_ranks_and_resume():
     assert resumed == batches[17:]
 
 
+def test_sampler_streams_are_seeded_epoch_permutations():
+    """Each source is the concatenation of permutations seeded by (seed, source, epoch): crossing an epoch inside
+    a batch switches permutation exactly at the boundary."""
+    batches = [b for b in _sampler(task_cycle=(0, 1), source_weights=[1, 0.0001, 1], batch_size=4).batches(40) if b.source == 0][:3]
+    stream = [i for b in batches for i in b.sample_indices]
+    perms = [np.random.Generator(np.random.PCG64([3, 0, e])).permutation(10) for e in range(2)]
+    assert stream == [int(i) for i in np.concatenate(perms)[:12]]
+
+
 def test_sampler_without_edit_sources_skips_the_edit_slots():
     sampler = _sampler(source_sizes=[10], source_tasks=["text2image"], source_weights=[1])
     assert {b.task for b in sampler.batches(6)} == {"text2image"}
@@ -119,6 +129,21 @@ def test_every_format_reads(tmp_path):
     assert torch.equal(edit["pixel_values"], shard["pixel_values"])
     single = SourceDataset(SourceConfig(path=str(paths["edit"]), format="edit"), DataConfig(image_size=64, min_side=16, max_references=1))[0]
     assert len(single["pixel_values_src"]) == 1
+
+
+def test_packed_batches_unpack_to_the_same_tensors():
+    """Equal-size targets and references cross the DataLoader as one tensor each and come back as the lists."""
+    g = torch.Generator().manual_seed(0)
+    samples = [{"pixel_values": torch.randn(3, 8, 8, generator=g), "text": str(i), "skipped": 0,
+                "pixel_values_src": [torch.randn(3, 8, 8, generator=g), torch.randn(3, 4, 8, generator=g)]} for i in range(3)]
+    packed = pack_images(collate(samples))
+    assert packed["pixel_values"].shape == (3, 3, 8, 8) and torch.is_tensor(packed["pixel_values_src"]) is False  # refs differ in size
+    samples = [dict(s, pixel_values_src=s["pixel_values_src"][:1]) for s in samples]
+    packed = pack_images(collate(samples))
+    assert packed["pixel_values_src"].shape == (3, 1, 3, 8, 8)
+    back = unpack_images(packed)
+    for s, pixels, refs in zip(samples, back["pixel_values"], back["pixel_values_src"]):
+        assert torch.equal(pixels, s["pixel_values"]) and len(refs) == 1 and torch.equal(refs[0], s["pixel_values_src"][0])
 
 
 def test_bad_samples_are_replaced_and_counted(tmp_path):

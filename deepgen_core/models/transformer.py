@@ -133,6 +133,8 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, int]]]:
         """Tokens `[target ; refs...]` per sample, right-padded; returns tokens, validity mask (or None), grids."""
         p = self.config.patch_size
+        if torch.is_tensor(hidden_states) and reference_latents is None:
+            return self._patchify(hidden_states), None, [(hidden_states.shape[-2] // p, hidden_states.shape[-1] // p)] * hidden_states.shape[0]
         samples = list(hidden_states) if not torch.is_tensor(hidden_states) else list(hidden_states.unbind(0))
         refs = [list(r) for r in reference_latents] if reference_latents is not None else [[] for _ in samples]
         if len(refs) != len(samples):
@@ -149,8 +151,13 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
         valid = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
         return tokens, valid, grids
 
-    def _unpatchify(self, tokens: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def _unpatchify(self, tokens: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor | list[torch.Tensor]:
+        """(B, C, H, W) when every sample has the same grid (one op for the batch), else a list of (C, H_i, W_i)."""
         p, c = self.config.patch_size, self.out_channels
+        if all(g == grids[0] for g in grids):
+            (h, w), b = grids[0], tokens.shape[0]
+            x = tokens[:, : h * w].reshape(b, h, w, p, p, c)
+            return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, h * p, w * p)
         out = []
         for row, (h, w) in zip(tokens, grids):
             x = row[: h * w].reshape(h, w, p, p, c)
@@ -187,10 +194,7 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
             else:
                 context, tokens = block(hidden_states=tokens, encoder_hidden_states=context, temb=temb, joint_attention_kwargs=kwargs)
         tokens = self.proj_out(self.norm_out(tokens, temb))
-        outputs = self._unpatchify(tokens, grids)
-        sample: torch.Tensor | list[torch.Tensor] = outputs
-        if all(o.shape == outputs[0].shape for o in outputs):
-            sample = torch.stack(outputs)
+        sample = self._unpatchify(tokens, grids)
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)

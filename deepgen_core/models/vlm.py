@@ -84,7 +84,13 @@ class DeepGenEncoder(nn.Module):
     def position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None
     ) -> torch.Tensor:
-        """3-D M-RoPE positions (3, B, L) from Qwen2.5-VL's own `get_rope_index`; pads get 1 as in the reference."""
+        """3-D M-RoPE positions (3, B, L) from Qwen2.5-VL's own `get_rope_index`; pads get 1 as in the reference.
+
+        Without images the three rows are the plain 1-D positions of the left-padded text, computed here in two
+        vectorised ops (`get_rope_index` walks the batch sample by sample; equal by test)."""
+        if image_grid_thw is None:
+            mask = attention_mask.bool()
+            return (mask.long().cumsum(-1) - 1).masked_fill(~mask, 1)[None].expand(3, -1, -1)
         mm_token_type_ids = (input_ids == self.image_token_id).int()
         position_ids, _ = self.vlm.get_rope_index(
             input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask

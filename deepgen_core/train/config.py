@@ -99,6 +99,7 @@ class DataConfig:
     max_aspect: float = field(default=10.0, metadata={"help": "reject images with aspect outside (1/max, max) (reference: 10)"})
     max_retries: int = field(default=16, metadata={"help": "bad or missing samples are replaced by the next sample of the same source up to this many times"})
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers per process"})
+    cache_latents: bool = field(default=False, metadata={"help": "encode every image once (frozen VAE posterior + vision tokens) and keep it on the device; same losses, no per-step decoding or encoding; for small images or sets (train.latent_cache)"})
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]

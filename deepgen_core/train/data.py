@@ -204,17 +204,23 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def pack_images(batch: dict[str, Any]) -> dict[str, Any]:
     """In a DataLoader worker: equal-size images of a batch travel as one stacked tensor (one shared-memory
-    handle per batch instead of one per image, which dominated the step time of small models)."""
+    handle per batch instead of one per image, which dominated the step time of small models); references too,
+    as one (B, R, 3, h, w) tensor when every sample has R references of one size."""
     pixels = batch["pixel_values"]
     if len({p.shape for p in pixels}) == 1:
         batch["pixel_values"] = torch.stack(pixels)
+    sources = batch.get("pixel_values_src")
+    if sources is not None and len({len(refs) for refs in sources}) == 1 and len({r.shape for refs in sources for r in refs}) == 1:
+        batch["pixel_values_src"] = torch.stack([torch.stack(refs) for refs in sources])
     return batch
 
 
 def unpack_images(batch: dict[str, Any]) -> dict[str, Any]:
-    """In the training process: undo `pack_images` (views of the stacked tensor, no copy)."""
+    """In the training process: undo `pack_images` (views of the stacked tensors, no copy)."""
     if torch.is_tensor(batch["pixel_values"]):
         batch["pixel_values"] = list(batch["pixel_values"].unbind(0))
+    if torch.is_tensor(batch.get("pixel_values_src")):
+        batch["pixel_values_src"] = [list(refs.unbind(0)) for refs in batch["pixel_values_src"].unbind(0)]
     return batch
 
 

@@ -34,7 +34,7 @@ from ..pipeline import DeepGenPipeline
 from .config import LoraSettings, ModelConfig, text_layer_lora_targets
 from .objectives import (
     FlowMatchingTargets,
-    flow_matching_loss,
+    per_sample_flow_loss,
     predict_velocity,
     training_schedule,
 )
@@ -79,64 +79,94 @@ class DeepGenTrainModel(nn.Module):
         return (self.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
 
     @torch.no_grad()
-    def encode_latents(self, pixels: list[torch.Tensor], eps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(mean + std * eps - shift) * scale per image (the reference's sampled posterior, §3.4); images of equal
-        size are encoded together."""
-        cfg, device, dtype = self.vae.config, self.transformer.device, self.vae.dtype
-        out: list[torch.Tensor | None] = [None] * len(pixels)
+    def posterior(self, pixels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The VAE posterior (mean, std) of each image, unscaled; images of equal size are encoded together."""
+        device, dtype = self.transformer.device, self.vae.dtype
+        mean: list[torch.Tensor] = [None] * len(pixels)  # type: ignore[list-item]
+        std: list[torch.Tensor] = [None] * len(pixels)  # type: ignore[list-item]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pixels):
             groups.setdefault(tuple(p.shape), []).append(i)
         for members in groups.values():
             dist = self.vae.encode(torch.stack([pixels[i] for i in members]).to(device, dtype)).latent_dist
-            noise = torch.stack([eps[i] for i in members]).to(device, dist.mean.dtype)
-            latents = (dist.mean + dist.std * noise - cfg.shift_factor) * cfg.scaling_factor
-            for i, z in zip(members, latents):
-                out[i] = z
-        return out
+            for k, i in enumerate(members):
+                mean[i], std[i] = dist.mean[k], dist.std[k]
+        return mean, std
+
+    def sample_latents(self, mean: list[torch.Tensor], std: list[torch.Tensor], eps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """(mean + std * eps - shift) * scale per image (the reference's sampled posterior, §3.4): one (B, C, h, w)
+        tensor when all share a shape (one op for the batch), else a list."""
+        cfg = self.vae.config
+        if all(m.shape == mean[0].shape for m in mean):
+            m, s = torch.stack(mean), torch.stack(std)
+            return (m + s * torch.stack(eps).to(m.device, m.dtype) - cfg.shift_factor) * cfg.scaling_factor
+        return [(m + s * e.to(m.device, m.dtype) - cfg.shift_factor) * cfg.scaling_factor for m, s, e in zip(mean, std, eps)]
+
+    def encode_latents(self, pixels: list[torch.Tensor], eps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Sampled, shifted and scaled latents of images (see `posterior` and `sample_latents`)."""
+        return self.sample_latents(*self.posterior(pixels), eps)
 
     def forward(self, batch: dict[str, Any], noise: StepNoise) -> dict[str, torch.Tensor]:
         """Rectified-flow loss of one single-task micro-batch.
 
         Args:
-            batch: `pixel_values` list of (3, H_i, W_i) targets in [-1, 1], `texts` (prompt dropout already
-                applied), optional `pixel_values_src` per-sample lists of (3, h, w) references (editing).
+            batch: `texts` (prompt dropout already applied) and either the images, `pixel_values` list of (3, H_i,
+                W_i) targets in [-1, 1] and optional `pixel_values_src` per-sample lists of (3, h, w) references
+                (editing), or their cached encodings (`train.latent_cache`): `latent_mean` / `latent_std` lists,
+                optional `ref_latent_mean` / `ref_latent_std` per-sample lists and `ref_tokens` (`ReferenceTokens`).
             noise: the step's randomness (see `StepNoise`).
 
         Returns:
             `loss` (fp32 scalar, mean over samples of the per-sample MSE) and `per_sample` (B,).
         """
-        latents = self.encode_latents(batch["pixel_values"], noise.target_eps)
-        sources = batch.get("pixel_values_src")
+        cached = "latent_mean" in batch
+        if cached:
+            latents = self.sample_latents(batch["latent_mean"], batch["latent_std"], noise.target_eps)
+        else:
+            latents = self.encode_latents(batch["pixel_values"], noise.target_eps)
         references = None
-        if sources is not None:
-            flat = self.encode_latents([s for refs in sources for s in refs], [e for eps in noise.source_eps for e in eps])
+        if noise.source_eps is not None:
+            if cached:
+                mean = [m for refs in batch["ref_latent_mean"] for m in refs]
+                flat = self.sample_latents(mean, [s for refs in batch["ref_latent_std"] for s in refs], [e for eps in noise.source_eps for e in eps])
+            else:
+                flat = self.encode_latents([s for refs in batch["pixel_values_src"] for s in refs], [e for eps in noise.source_eps for e in eps])
             references, k = [], 0
-            for refs in sources:
-                references.append(flat[k : k + len(refs)])
-                k += len(refs)
-        embeddings = self.pipeline().encode_prompt(batch["texts"], [], sources, max_text_length=self.max_text_length)
+            for eps in noise.source_eps:
+                references.append(flat[k : k + len(eps)])
+                k += len(eps)
+        vision = batch.get("ref_tokens") if cached else batch.get("pixel_values_src")
+        embeddings = self.pipeline().encode_prompt(batch["texts"], [], vision, max_text_length=self.max_text_length)
         # The table lookup runs on the CPU (the scheduler's tables live there), then moves to the model's device.
         timesteps, sigmas = training_schedule(self.scheduler, noise.u.cpu(), self.transformer.dtype)
         timesteps, sigmas = timesteps.to(self.transformer.device), sigmas.to(self.transformer.device)
-        eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
+        if torch.is_tensor(latents):
+            eps = torch.stack(noise.noise).to(latents.device, latents.dtype)
+        else:
+            eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
         targets = FlowMatchingTargets(latents, eps, timesteps, sigmas)
         predictions = predict_velocity(self.transformer, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
-        per_sample = torch.stack([flow_matching_loss([p], [x], [n]) for p, x, n in zip(predictions, latents, eps)])
+        per_sample = per_sample_flow_loss(predictions, latents, eps)
         return {"loss": per_sample.mean(), "per_sample": per_sample.detach()}
 
 
 def draw_step_noise(model: DeepGenTrainModel, batch: dict[str, Any], generator: torch.Generator) -> StepNoise:
-    """All randomness of a micro-batch, drawn on the CPU in fp32 from `generator` in a fixed order."""
+    """All randomness of a micro-batch, drawn on the CPU in fp32 from `generator` in a fixed order (the same for
+    images and their cached encodings)."""
     def randn(shape):
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
-    targets = batch["pixel_values"]
-    u = torch.rand(len(targets), generator=generator)
-    noise = [randn(model.latent_shape(p)) for p in targets]
-    target_eps = [randn(model.latent_shape(p)) for p in targets]
-    sources = batch.get("pixel_values_src")
-    source_eps = [[randn(model.latent_shape(s)) for s in refs] for refs in sources] if sources is not None else None
+    if "latent_mean" in batch:
+        shapes = [tuple(m.shape) for m in batch["latent_mean"]]
+        ref_shapes = [[tuple(m.shape) for m in refs] for refs in batch["ref_latent_mean"]] if "ref_latent_mean" in batch else None
+    else:
+        shapes = [model.latent_shape(p) for p in batch["pixel_values"]]
+        sources = batch.get("pixel_values_src")
+        ref_shapes = [[model.latent_shape(s) for s in refs] for refs in sources] if sources is not None else None
+    u = torch.rand(len(shapes), generator=generator)
+    noise = [randn(shape) for shape in shapes]
+    target_eps = [randn(shape) for shape in shapes]
+    source_eps = [[randn(shape) for shape in refs] for refs in ref_shapes] if ref_shapes is not None else None
     return StepNoise(u, noise, target_eps, source_eps)
 
 

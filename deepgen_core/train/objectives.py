@@ -12,14 +12,17 @@ from dataclasses import dataclass
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+Latents = torch.Tensor | Sequence[torch.Tensor]
+
 
 @dataclass
 class FlowMatchingTargets:
-    """Per-sample training tensors: `latents` x0 and `noise` eps (lists: samples may differ in size), the
-    timesteps (B,) on the 0-1000 scale and the sigmas (B,) used for x_t = (1 - sigma) x0 + sigma eps."""
+    """Training tensors: `latents` x0 and `noise` eps, each a (B, C, H, W) tensor when the samples share a size or
+    a list of (C, H_i, W_i); the timesteps (B,) on the 0-1000 scale and the sigmas (B,) used for
+    x_t = (1 - sigma) x0 + sigma eps."""
 
-    latents: list[torch.Tensor]
-    noise: list[torch.Tensor]
+    latents: Latents
+    noise: Latents
     timesteps: torch.Tensor
     sigmas: torch.Tensor
 
@@ -34,14 +37,24 @@ def training_schedule(scheduler: FlowMatchEulerDiscreteScheduler, u: torch.Tenso
     return table.timesteps[index].to(u.device), table.sigmas[index].to(u.device, dtype)
 
 
-def noisy_latents(latents: Sequence[torch.Tensor], noise: Sequence[torch.Tensor], sigmas: torch.Tensor) -> list[torch.Tensor]:
+def noisy_latents(latents: Latents, noise: Latents, sigmas: torch.Tensor) -> Latents:
+    if torch.is_tensor(latents):
+        # The same rounding as the per-sample form with a 0-dim sigma: 1 - sigma in the sigmas' dtype, then cast.
+        shape = (-1,) + (1,) * (latents.ndim - 1)
+        return (1 - sigmas).to(latents.dtype).view(shape) * latents + sigmas.to(latents.dtype).view(shape) * noise
     return [(1 - s) * x + s * n for x, n, s in zip(latents, noise, sigmas)]
 
 
-def flow_matching_loss(predictions: Sequence[torch.Tensor], latents: Sequence[torch.Tensor], noise: Sequence[torch.Tensor]) -> torch.Tensor:
+def per_sample_flow_loss(predictions: Latents, latents: Latents, noise: Latents) -> torch.Tensor:
+    """(B,) per-sample MSE to the velocity target eps - x0, in fp32."""
+    if all(torch.is_tensor(t) and t.ndim == 4 for t in (predictions, latents, noise)):
+        return ((predictions.float() - (noise.float() - latents.float())) ** 2).flatten(1).mean(1)
+    return torch.stack([((p.float() - (n.float() - x.float())) ** 2).mean() for p, x, n in zip(predictions, latents, noise)])
+
+
+def flow_matching_loss(predictions: Latents, latents: Latents, noise: Latents) -> torch.Tensor:
     """Mean over samples of the per-sample MSE to the velocity target eps - x0, in fp32."""
-    per_sample = [((p.float() - (n.float() - x.float())) ** 2).mean() for p, x, n in zip(predictions, latents, noise)]
-    return torch.stack(per_sample).mean()
+    return per_sample_flow_loss(predictions, latents, noise).mean()
 
 
 def predict_velocity(
@@ -50,8 +63,8 @@ def predict_velocity(
     encoder_hidden_states: torch.Tensor,
     pooled_projections: torch.Tensor,
     reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
-) -> list[torch.Tensor]:
-    """Run the DiT on x_t for every sample (one batched call; per-sample sizes are padded inside the DiT)."""
+) -> Latents:
+    """Run the DiT on x_t for every sample (one batched call; per-sample sizes are padded inside the DiT); a
+    (B, C, H, W) tensor when the samples share a size, else a list."""
     inputs = noisy_latents(targets.latents, targets.noise, targets.sigmas)
-    out = transformer(inputs, encoder_hidden_states, pooled_projections, targets.timesteps, reference_latents=reference_latents).sample
-    return list(out) if torch.is_tensor(out) else out
+    return transformer(inputs, encoder_hidden_states, pooled_projections, targets.timesteps, reference_latents=reference_latents).sample

@@ -54,6 +54,7 @@ class MultiSourceBatchSampler:
         if not self.cycle:
             raise ValueError(f"task_cycle {tuple(task_cycle)} selects no task that has a source (tasks present: {sorted(set(self.tasks))}).")
         self.members = {t: [i for i, s in enumerate(self.tasks) if s == t] for t in set(self.cycle)}
+        self._permutations: dict[int, tuple[int, np.ndarray]] = {}
         self.cum_weights = {t: np.cumsum([source_weights[i] for i in m]) / sum(source_weights[i] for i in m) for t, m in self.members.items()}
 
     def _uniforms(self, count: int) -> np.ndarray:
@@ -74,8 +75,10 @@ class MultiSourceBatchSampler:
         """Element `position` of the source's infinite stream of per-epoch permutations."""
         n = self.sizes[source]
         epoch, offset = divmod(position, n)
-        perm = np.random.Generator(np.random.PCG64([self.seed, source, epoch])).permutation(n)
-        return int(perm[offset])
+        cached = self._permutations.get(source)
+        if cached is None or cached[0] != epoch:  # one permutation per (source, epoch), not one per element
+            cached = self._permutations[source] = (epoch, np.random.Generator(np.random.PCG64([self.seed, source, epoch])).permutation(n))
+        return int(cached[1][offset])
 
     def batches(self, stop: int | None = None) -> Iterator[PlannedBatch]:
         """Yield planned micro-batches from `start` (to `stop`, or forever)."""

@@ -25,6 +25,7 @@ from .checkpointing import CheckpointManager
 from .config import TrainConfig
 from .data import MixedDataset, build_dataloader, unpack_images
 from .export import export_inference, export_reference_checkpoint, import_checkpoint
+from .latent_cache import LatentCache
 from .metrics import MetricsLog, render_samples
 from .modeling import (
     DeepGenTrainModel,
@@ -92,12 +93,16 @@ class Trainer:
             enable_gradient_checkpointing(model)
         return model.to(self.accelerator.device).train()
 
-    def _batches(self, start: int) -> Iterator[dict[str, Any]]:
-        sources = self.dataset.sources
+    def _batches(self, start: int, model) -> Iterator[dict[str, Any]]:
+        sources, data = self.dataset.sources, self.config.data
         sampler = MultiSourceBatchSampler(
             [len(s) for s in sources], [s.source.task for s in sources], [s.source.weight for s in sources],
-            self.config.data.task_cycle, self.config.micro_batch_size, self.rank, self.world, self.config.seed, start=start)
-        return map(unpack_images, build_dataloader(self.dataset, sampler.batches(), self.config.data.num_workers))
+            data.task_cycle, self.config.micro_batch_size, self.rank, self.world, self.config.seed, start=start)
+        if data.cache_latents:
+            cache = LatentCache(self.dataset, self.accelerator.unwrap_model(model), self.accelerator.autocast,
+                                self.config.micro_batch_size, data.num_workers)
+            return cache.batches(sampler.batches())
+        return map(unpack_images, build_dataloader(self.dataset, sampler.batches(), data.num_workers))
 
     # ------------------------------------------------------------------------------------------- loop
 
@@ -116,7 +121,7 @@ class Trainer:
         ckpt.remove_partial()
         state = self._resume(ckpt, model, optimizer, scheduler)
         step, consumed = state.get("step", 0), state.get("consumed_micro_batches", 0)
-        batches = self._batches(consumed)
+        batches = self._batches(consumed, model)
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
         result = TrainResult(self.out, step)
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.stage}", disable=not (acc.is_main_process and cfg.logging.progress_bar))

@@ -34,8 +34,8 @@ from ..optim import build_optimizer, build_scheduler
 from ..trainer import derived_seed
 from .advantages import compute_advantages
 from .config import RLConfig
-from .reporting import reward_metrics, save_rollout_grid
 from .prompts import PromptSampler
+from .reporting import reward_metrics, save_rollout_grid
 from .rollout import RolloutSettings, ScoredRollout, rollout, score_rollout
 from .sft import SFTAuxStream
 from .update import choose_timesteps, num_trained_steps, policy_update
