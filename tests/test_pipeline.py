@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from deepgen_core.models.transformer import DeepGenJointAttnProcessor
+from deepgen_core.prompts import edit_prompt, text_to_image_prompt
 
 
 def _gen(seed=0):
@@ -72,15 +73,35 @@ def test_mixed_reference_sizes_mask_and_match_per_sample(tiny_pipe):
             torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_text_only_position_ids_equal_qwen_rope_index(tiny_pipe):
-    """The vectorised text-only M-RoPE positions equal transformers' `get_rope_index` (pads: 1, as the reference)."""
-    encoder = tiny_pipe.encoder
-    ids, mask = tiny_pipe._tokenize(["a red circle", "a very small blue square on a green background", ""])
+@pytest.mark.parametrize("with_images", [False, True])
+def test_position_ids_equal_qwen_rope_index(tiny_pipe, with_images):
+    """The vectorised M-RoPE positions equal transformers' `get_rope_index` (pads: 1, as the reference): text only,
+    and left-padded edit prompts with one or two references of different grids, think-token slots appended."""
+    encoder, prompts = tiny_pipe.encoder, ["a red circle", "a very small blue square on a green background", ""]
+    grids = None
+    if with_images:
+        refs = [[torch.zeros(3, 64, 64)], [torch.zeros(3, 64, 96), torch.zeros(3, 32, 64)], [torch.zeros(3, 96, 32)]]
+        tokens = tiny_pipe.encode_reference_tokens(refs)
+        prompts, grids = [edit_prompt(p, c) for p, c in zip(prompts, tokens.counts)], tokens.grids
+    else:
+        prompts = [text_to_image_prompt(p) for p in prompts]
+    ids, mask = tiny_pipe._tokenize(prompts)
     mask = torch.cat([mask, torch.ones_like(mask[:, :4])], 1).bool()  # think-token slots
     ids = torch.cat([ids, ids.new_zeros(3, 4)], 1)
-    expected, _ = encoder.vlm.get_rope_index(ids, torch.zeros_like(ids, dtype=torch.int), attention_mask=mask)
-    got = encoder.position_ids(ids, mask, None)
-    assert (~mask).any() and torch.equal(got, expected.masked_fill(~mask[None], 1))
+    types = (ids == encoder.image_token_id).int()
+    expected, _ = encoder.vlm.get_rope_index(ids, types, image_grid_thw=grids, attention_mask=mask)
+    got = encoder.position_ids(ids, mask, grids)
+    assert (~mask).any() and bool(types.any()) == with_images
+    assert torch.equal(got, expected.masked_fill(~mask[None], 1))
+
+
+def test_memoised_tokenization_equals_the_tokenizer(tiny_pipe):
+    """`_tokenize` (token ids remembered per text) gives the tokenizer's left-padded batch, on first and repeated
+    texts, an empty one included, and an all-empty batch."""
+    for texts in (["a red circle", "", "a red circle on a very blue background"], ["", "a red circle", "b"], ["", ""]):
+        expected = tiny_pipe.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
+        ids, mask = tiny_pipe._tokenize(texts)
+        assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
 
 
 def test_cached_reference_tokens_equal_reference_pixels(tiny_pipe):

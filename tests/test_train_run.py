@@ -6,6 +6,7 @@ import pytest
 import torch
 from train_helpers import reset_accelerate, tiny_config, tiny_data
 
+from deepgen_core.errors import DeepGenInputError
 from deepgen_core.presets import tiny_components
 from deepgen_core.train.export import export_reference_checkpoint, import_checkpoint
 from deepgen_core.train.metrics import read_metrics
@@ -173,6 +174,14 @@ def test_stage1_from_scratch_dit_trains_bridge_and_dit(tmp_path):
     assert set(counts) == {"bridge", "transformer"}
     assert counts["transformer"] == sum(p.numel() for p in model.transformer.parameters())
     assert not any(p.requires_grad for p in model.encoder.vlm.parameters())
+    # A VLM without pretraining (train_vlm_text): its text model trains in full, the vision tower stays frozen.
+    config = tiny_config("pretrain", tiny_data(tmp_path / "data"), tmp_path / "x", train_transformer=True, train_vlm_text=True)
+    model = DeepGenTrainModel(tiny_components(seed=0))
+    counts = setup_stage(model, config)
+    assert counts["encoder"] == sum(p.numel() for p in model.encoder.vlm.language_model.parameters())
+    assert not any(p.requires_grad for p in model.encoder.vlm.visual.parameters())
+    with pytest.raises(DeepGenInputError, match="train_vlm_text is for stage 1"):
+        tiny_config("sft", tiny_data(tmp_path / "data"), tmp_path / "x", train_vlm_text=True)
 
 
 def test_latent_cache_repeats_the_image_path_losses(tmp_path):

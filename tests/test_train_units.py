@@ -146,6 +146,24 @@ def test_packed_batches_unpack_to_the_same_tensors():
         assert torch.equal(pixels, s["pixel_values"]) and len(refs) == 1 and torch.equal(refs[0], s["pixel_values_src"][0])
 
 
+def test_step_noise_of_equal_shapes_is_the_per_sample_stream():
+    """`draw_step_noise` draws equal-shape latents in one call; the values are those of per-sample draws in order
+    (u, then noise per sample, then posterior eps per sample), whatever the batch size."""
+    from types import SimpleNamespace
+
+    from deepgen_core.train.modeling import draw_step_noise
+
+    shape = (16, 4, 6)
+    batch = {"latent_mean": [torch.zeros(shape)] * 3}
+    got = draw_step_noise(SimpleNamespace(), batch, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand(3, generator=g)
+    expected = [torch.randn(shape, generator=g) for _ in range(6)]
+    assert torch.equal(got.u, u) and got.source_eps is None
+    for a, b in zip(got.noise + got.target_eps, expected):
+        assert torch.equal(a, b)
+
+
 def test_bad_samples_are_replaced_and_counted(tmp_path):
     paths = tiny_data(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")

@@ -168,6 +168,7 @@ class TrainConfig:
     grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimizer step (reference: 4 pre-train, 3 SFT)"})
     max_steps: int = field(default=50_000, metadata={"help": "optimizer steps (reference 200k / 400k iterations of micro-batches = 50k / 133k steps)"})
     train_transformer: bool = field(default=False, metadata={"help": "train the whole DiT (stage 2; in stage 1 only for a DiT trained from scratch, as DeepGen-Tiny's recipe does)"})
+    train_vlm_text: bool = field(default=False, metadata={"help": "stage 1 only: also train the VLM's text model in full, for a VLM without language pretraining (DeepGen-Tiny); the reference keeps it frozen"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model to train"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "VLM LoRA"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
@@ -187,6 +188,8 @@ class TrainConfig:
             raise DeepGenInputError("micro_batch_size, grad_accum and max_steps must be >= 1.")
         if self.stage == "pretrain" and self.lora.enabled:
             raise DeepGenInputError("stage 'pretrain' does not train the VLM: set lora.enabled: false, or use stage 'sft'.")
+        if self.train_vlm_text and self.stage != "pretrain":
+            raise DeepGenInputError("train_vlm_text is for stage 1 of a VLM without pretraining; stage 'sft' adapts the VLM with lora.")
         if self.optim.warmup_steps >= self.max_steps:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
         if self.distributed.mixed_precision not in ("bf16", "no"):

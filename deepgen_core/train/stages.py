@@ -1,9 +1,10 @@
 """Stages 1 and 2 (reference notes §5.2): which parameters train.
 
 Stage 1 (alignment pre-training) trains the think tokens and the SCB bridge (projectors + connector), and the
-DiT only when it has no pretrained weights (`train_transformer`, DeepGen-Tiny). Stage 2
-(joint SFT) also trains the whole DiT and a LoRA on the VLM. The VLM base weights and the VAE stay frozen in
-both. A stage is a small function chosen once from the config, never a string test inside the loop.
+DiT and the VLM's text model only when they have no pretrained weights (`train_transformer`, `train_vlm_text`:
+DeepGen-Tiny). Stage 2 (joint SFT) also trains the whole DiT and a LoRA on the VLM. Otherwise the VLM base
+weights and the VAE stay frozen. A stage is a small function chosen once from the config, never a string test
+inside the loop.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ def _freeze_all_but_bridge(model: DeepGenTrainModel) -> None:
 
 
 def setup_alignment(model: DeepGenTrainModel, config: TrainConfig | None) -> None:
-    """Stage 1: bridge only (think tokens, projectors, connector); plus the DiT when `train_transformer` is set,
-    for a model without a pretrained DiT (DeepGen-Tiny)."""
+    """Stage 1: bridge only (think tokens, projectors, connector); plus the DiT when `train_transformer` is set and
+    the VLM's text model when `train_vlm_text` is set, for a model without a pretrained DiT or VLM (DeepGen-Tiny:
+    a frozen random VLM barely encodes word order, and the connector has no positions, so "a red circle on a blue
+    background" would be a bag of words)."""
     _freeze_all_but_bridge(model)
     if config is not None and config.train_transformer:
         model.transformer.requires_grad_(True)
+    if config is not None and config.train_vlm_text:
+        model.encoder.vlm.language_model.requires_grad_(True)
 
 
 def setup_sft(model: DeepGenTrainModel, config: TrainConfig) -> None:

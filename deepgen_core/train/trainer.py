@@ -213,5 +213,7 @@ class Trainer:
             dtype = torch.float32 if cfg.distributed.mixed_precision == "no" else torch.bfloat16
             export_inference(unwrapped, export_dir, dtype)
             export_reference_checkpoint(unwrapped, self.out / "export-reference" / "deepgen_checkpoint.safetensors", dtype)
+            if cfg.train_vlm_text:
+                logger.warning("train_vlm_text: the reference-layout export holds no VLM base weights; use %s", export_dir)
         acc.wait_for_everyone()
         return export_dir
