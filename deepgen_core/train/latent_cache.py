@@ -81,7 +81,8 @@ class LatentCache:
         loader = torch.utils.data.DataLoader(
             _SourceItems(dataset, source), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
         pipe = model.pipeline()
-        out = EncodedSource([], [], [], [])
+        edits = dataset.sources[source].source.task == "image2image"
+        out = EncodedSource([], [], [], [], *([[], [], []] if edits else [None] * 3))
         for batch in map(unpack_images, loader):
             out.texts += batch["texts"]
             out.skipped += batch["skipped"]
@@ -94,7 +95,6 @@ class LatentCache:
             flat_mean, flat_std = model.posterior([r for rs in refs for r in rs])
             tokens = pipe.encode_reference_tokens(refs)
             per_image = torch.split(tokens.embeds, [c for counts in tokens.counts for c in counts])
-            out.ref_mean, out.ref_std, out.ref_tokens = out.ref_mean or [], out.ref_std or [], out.ref_tokens or []
             k = 0
             for rs in refs:
                 span = range(k, k + len(rs))
