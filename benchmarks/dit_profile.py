@@ -2,17 +2,19 @@
 
 For one batch-2 (CFG) forward at the benchmark's shapes, times eager+graphs and compiled variants, lists the
 top kernels of one variant with torch.profiler, and measures each variant's relative error against an fp32
-copy of the same weights (the bf16 tolerance: the eager bf16 forward's own error). Usage:
-python benchmarks/dit_profile.py --out DIR [--variants ...]
+copy of the same weights (the bf16 tolerance: the eager bf16 forward's own error). Variant names combine:
+`graphs` (no compile) or `compile` (regional, dynamic shapes) with `_static` (shape-specialised compile),
+`_fused` (fused QKV), `_fp8` (fp8 block weights), `_mod` (adaLN modulations precomputed, as the pipeline does).
+Usage: python benchmarks/dit_profile.py --out DIR [--variants graphs,compile_fused_mod,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -60,8 +62,8 @@ def top_kernels(fn, n: int = 25) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variants", default="graphs,compile,compile_dynamic,compile_fused,compile_fp8")
-    parser.add_argument("--profile", default="compile")
+    parser.add_argument("--variants", default="graphs,graphs_mod,compile_fused,compile_fused_mod,compile_static_fused_mod,compile_fp8_mod")
+    parser.add_argument("--profile", default="compile_static_fused_mod")
     parser.add_argument("--recompile-limit", type=int, default=32)
     parser.add_argument("--encoder", action="store_true", help="also time encode_prompt eager vs compiled encoder blocks")
     args = parser.parse_args()
@@ -88,12 +90,12 @@ def main() -> None:
             if "fp8" in variant:
                 quantize_fp8(model)
             if variant.startswith("compile"):
-                compile_transformer(model, "regional", **({"dynamic": True} if "dynamic" in variant else {}))
+                compile_transformer(model, "regional", dynamic="static" not in variant)
             runner = DiTGraphRunner(model)
             row = {}
             for shape, d in data.items():
-                if variant == "compile" and shape != "t2i_512":
-                    continue  # static shapes: one compile per shape; the dynamic variant covers the others
+                if "_mod" in variant:
+                    d = (*d, model.modulation(d[3], d[2]))  # what ModulationSchedule passes per step
                 t1 = time.perf_counter()
                 out = runner(*d)
                 first = time.perf_counter() - t1
@@ -101,7 +103,9 @@ def main() -> None:
                 row[shape] = {"forward_ms": replay_ms(runner, d), "first_call_s": first, "rel_err_vs_fp32": err}
             row["total_setup_s"] = time.perf_counter() - t0
             if variant == args.profile:
-                row["top_kernels_t2i_512"] = top_kernels(lambda m=model, d=data["t2i_512"]: m(*d[:4], reference_latents=d[4]))
+                d = data["t2i_512"]
+                mod = model.modulation(d[3], d[2]) if "_mod" in variant else None
+                row["top_kernels_t2i_512"] = top_kernels(lambda m=model, d=d, mod=mod: m(*d[:4], reference_latents=d[4], modulation=mod))
             result["variants"][variant] = row
             logging.info("%s: %s", variant, json.dumps({k: v for k, v in row.items() if k != "top_kernels_t2i_512"}))
             (args.out / "dit_profile.json").write_text(json.dumps(result, indent=1))

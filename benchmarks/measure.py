@@ -84,6 +84,21 @@ def generate(pipe, scenario: Scenario, steps: int, seed: int, guidance: float = 
     return split, latents
 
 
+def live_allocations(top: int = 8) -> list[tuple[str, float]]:
+    """GiB of live CUDA allocations grouped by the innermost project / library frames that made them (needs
+    `torch.cuda.memory._record_memory_history()` on before the allocations; older ones show as '?')."""
+    keep = ("/deepgen_core/", "/benchmarks/", "/diffusers/", "/transformers/", "/accelerate/", "_inductor", "_dynamo", "cuda/graphs")
+    sites: dict[str, int] = {}
+    for segment in torch.cuda.memory._snapshot()["segments"]:
+        for block in segment["blocks"]:
+            if block["state"] != "active_allocated":
+                continue
+            frames = [f for f in block.get("frames", []) if any(k in f["filename"] for k in keep)][:3]
+            site = " < ".join(f"{f['filename'].rsplit('/', 2)[-1]}:{f['line']}:{f['name']}" for f in frames) or "?"
+            sites[site] = sites.get(site, 0) + block["size"]
+    return [(site, size / 2**30) for site, size in sorted(sites.items(), key=lambda kv: -kv[1])[:top]]
+
+
 def pipe_default_negative(scenario: Scenario) -> str:
     from deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT
 

@@ -116,11 +116,11 @@ class Bench:
     def fast(self) -> None:
         t0 = time.perf_counter()
         self.pipe.enable_fast_path(cuda_graphs=True, compile="regional", fuse_projections=True)
-        self.label = "fast"
+        self.label = "fast"  # + precomputed adaLN modulations (on by default)
         self.extra["compile_setup_s"] = time.perf_counter() - t0
         for s in self.scenarios:
             runs = 2 if s.name == "t2i_1024_b4" and not self.args.baseline_all else self.args.runs
-            self.run(s, "fast: fused QKV + regional compile + CUDA graphs", runs=runs)
+            self.run(s, "fast: fused QKV + regional compile + CUDA graphs + precomputed modulations", runs=runs)
         runner = self.pipe._graph_runner
         self.extra["graph_capture_s"] = {str(k[0][0][0]): v for k, v in runner.capture_seconds.items()} if runner else {}
 
@@ -149,15 +149,18 @@ class Bench:
             self.pipe.enable_vae_tiling(False)
 
     def offload_probe(self) -> None:
-        """Allocated / peak GPU memory after each step method under offload 'model' (1024^2, CUDA graphs only)."""
-        from measure import StepCounter, pipe_default_negative
+        """Allocated / peak GPU memory after each step method under offload 'model' (1024^2, the current DiT
+        configuration), and the live allocations by call site (torch's memory history) at each mark."""
+        from measure import StepCounter, live_allocations, pipe_default_negative
 
         pipe, probe = self.pipe, {}
         pipe.set_offload("model", "cuda")
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
 
         def mark(name: str) -> None:
             torch.cuda.synchronize()
-            probe[name] = {"allocated_gib": torch.cuda.memory_allocated() / 2**30, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            probe[name] = {"allocated_gib": torch.cuda.memory_allocated() / 2**30, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                           "live_by_site_gib": live_allocations()}
             torch.cuda.reset_peak_memory_stats()
 
         try:
@@ -172,8 +175,22 @@ class Bench:
                     pipe.decode_latents(lat)
                     mark(f"{run}: decode")
         finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
             pipe.set_offload("none", "cuda")
-        self.extra["offload_model_probe_1024"] = probe
+        self.extra[f"offload_model_probe_1024 ({self.label})"] = probe
+
+    def fast_variants(self) -> None:
+        """What each part of the fast path brings (after `fast`, whose compile and fusion stay in place):
+        without the precomputed modulations, then with shape-specialised (static) compilation."""
+        first = [s for s in self.scenarios if s.name in ("t2i_512_b1", "edit_512_1ref", "t2i_1024_b1")]
+        self.pipe.enable_fast_path(cuda_graphs=True, precompute_modulation=False)
+        for s in first:
+            self.run(s, "fast without precomputed modulations", runs=self.args.runs)
+        t0 = time.perf_counter()
+        self.pipe.enable_fast_path(cuda_graphs=True, compile="regional", compile_kwargs={"dynamic": False})
+        self.extra["compile_static_setup_s"] = time.perf_counter() - t0
+        for s in first:
+            self.run(s, "fast, static-shape compile (one compile per shape)", runs=self.args.runs)
 
     def train_compiled(self) -> None:
         """Stage-2 step with the DiT blocks compiled (regional, dynamic; compiled here under autograd)."""

@@ -9,6 +9,8 @@ them into the pipeline. What is exact and what is not:
   equal to the eager path within bf16 rounding.
 - `fuse_qkv` concatenates the q/k/v weights into one GEMM (diffusers' `Attention.fuse_projections`): equal
   within float rounding.
+- Precomputed adaLN modulations (`DeepGenSD3Transformer.modulation`, `fast_path.ModulationSchedule`) are given
+  to the graph runner as one more input.
 - `quantize_fp8` stores the block Linear weights in float8 (e4m3, one scale per output channel) and, on GPUs
   with fp8 tensor cores, also runs the GEMMs in fp8: NOT exact; it halves the DiT's weight memory.
 """
@@ -27,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models.transformer import ModulationMixin
+
 logger = logging.getLogger(__name__)
 
 CompileMode = Literal["regional", "full"]
@@ -44,9 +48,10 @@ class _Captured:
     output: torch.Tensor
 
 
-def _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep, reference_latents) -> list[torch.Tensor]:
+def _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep, reference_latents, modulation) -> list[torch.Tensor]:
     refs = [t for sample in reference_latents for t in sample] if reference_latents is not None else []
-    return [hidden_states, encoder_hidden_states, pooled_projections, timestep, *refs]
+    mod = [modulation] if modulation is not None else []
+    return [hidden_states, encoder_hidden_states, pooled_projections, timestep, *mod, *refs]
 
 
 class DiTGraphRunner:
@@ -105,42 +110,45 @@ class DiTGraphRunner:
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
         reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
+        modulation: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same arguments and result as the DiT forward's `.sample` (uniform batch only, see `supports`)."""
-        flat = _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep, reference_latents)
+        flat = _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep, reference_latents, modulation)
         n_refs = None if reference_latents is None else [len(s) for s in reference_latents]
-        key = (tuple((tuple(t.shape), t.dtype, t.device) for t in flat), None if n_refs is None else tuple(n_refs))
+        has_mod = modulation is not None
+        key = (tuple((tuple(t.shape), t.dtype, t.device) for t in flat), None if n_refs is None else tuple(n_refs), has_mod)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(key, flat, n_refs)
+            entry = self._capture(key, flat, n_refs, has_mod)
         for static, value in zip(entry.inputs, flat):
             static.copy_(value, non_blocking=True)
         entry.graph.replay()
         return entry.output.clone()
 
-    def _forward(self, flat: Sequence[torch.Tensor], n_refs: list[int] | None) -> torch.Tensor:
-        hidden_states, context, pooled, timestep, *refs = flat
+    def _forward(self, flat: Sequence[torch.Tensor], n_refs: list[int] | None, has_mod: bool) -> torch.Tensor:
+        hidden_states, context, pooled, timestep, *rest = flat
+        modulation, refs = (rest[0], rest[1:]) if has_mod else (None, rest)
         nested = None
         if n_refs is not None:
             offsets = [sum(n_refs[:i]) for i in range(len(n_refs) + 1)]
             nested = [refs[offsets[i] : offsets[i + 1]] for i in range(len(n_refs))]
-        return self.transformer(hidden_states, context, pooled, timestep, reference_latents=nested).sample
+        return self.transformer(hidden_states, context, pooled, timestep, reference_latents=nested, modulation=modulation).sample
 
-    def _capture(self, key: tuple, flat: Sequence[torch.Tensor], n_refs: list[int] | None) -> _Captured:
+    def _capture(self, key: tuple, flat: Sequence[torch.Tensor], n_refs: list[int] | None, has_mod: bool) -> _Captured:
         start = time.perf_counter()
         static = tuple(t.detach().clone() for t in flat)
         side = torch.cuda.Stream(device=static[0].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self._forward(static, n_refs)
+                self._forward(static, n_refs, has_mod)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # Graphs share one pool: they never run concurrently and every output is cloned right after replay.
         with torch.cuda.graph(graph, pool=self._pool):
-            output = self._forward(static, n_refs)
+            output = self._forward(static, n_refs, has_mod)
         torch.cuda.synchronize()
         self.capture_seconds[key] = time.perf_counter() - start
         logger.info("captured a DiT CUDA graph for %s in %.2f s", [s.shape for s in static[:1]], self.capture_seconds[key])
@@ -224,6 +232,17 @@ def load_compile_cache(path: str | Path) -> bool:
 # ------------------------------------------------------------------------------------------------ fused QKV
 
 
+def _fused_groups(transformer: nn.Module) -> list[tuple[nn.Linear, tuple[nn.Linear, ...]]]:
+    """(fused Linear, its separate parts) of every fused attention projection."""
+    groups = []
+    for module in transformer.modules():
+        if getattr(module, "fused_projections", False) and hasattr(module, "to_qkv"):
+            groups.append((module.to_qkv, (module.to_q, module.to_k, module.to_v)))
+            if getattr(module, "to_added_qkv", None) is not None:
+                groups.append((module.to_added_qkv, (module.add_q_proj, module.add_k_proj, module.add_v_proj)))
+    return groups
+
+
 def fuse_qkv(transformer: nn.Module) -> int:
     """Fuse q/k/v (and the context stream's q/k/v) of every attention into one Linear each; returns the count.
 
@@ -236,23 +255,28 @@ def fuse_qkv(transformer: nn.Module) -> int:
     for module in transformer.modules():
         if hasattr(module, "fuse_projections") and getattr(module, "to_q", None) is not None:
             module.fuse_projections()
-            _share_storage(module.to_qkv, (module.to_q, module.to_k, module.to_v))
-            if getattr(module, "to_added_qkv", None) is not None:
-                _share_storage(module.to_added_qkv, (module.add_q_proj, module.add_k_proj, module.add_v_proj))
             count += 1
+    reshare_fused_qkv(transformer)
     return count
 
 
-def _share_storage(fused: nn.Linear, parts: Sequence[nn.Linear]) -> None:
-    """Make the separate projections views of the fused one: no extra memory, and an in-place update of
-    either (training, LoRA merge) is seen by both."""
-    start = 0
-    for part in parts:
-        rows = part.weight.shape[0]
-        part.weight.data = fused.weight.data[start : start + rows]
-        if part.bias is not None:
-            part.bias.data = fused.bias.data[start : start + rows]
-        start += rows
+def fused_qkv_views(transformer: nn.Module) -> set[int]:
+    """ids of the separate q/k/v parameters that are views of fused ones (movers skip them, then reshare)."""
+    return {id(p) for _, parts in _fused_groups(transformer) for part in parts for p in part.parameters()}
+
+
+def reshare_fused_qkv(transformer: nn.Module) -> None:
+    """Make the separate projections views of the fused ones again: no extra memory, and an in-place update of
+    either (training, LoRA merge) is seen by both. Needed after anything that moves parameters one by one
+    (`.to()`, offload), which would otherwise leave two copies of every q/k/v weight on the device."""
+    for fused, parts in _fused_groups(transformer):
+        start = 0
+        for part in parts:
+            rows = part.weight.shape[0]
+            part.weight.data = fused.weight.data[start : start + rows]
+            if part.bias is not None:
+                part.bias.data = fused.bias.data[start : start + rows]
+            start += rows
 
 
 def unfuse_qkv(transformer: nn.Module) -> None:
@@ -316,11 +340,16 @@ class FP8Linear(nn.Module):
         return out[:n] if pad else out
 
 
+class FP8ModulationLinear(ModulationMixin, FP8Linear):
+    """An adaLN modulation Linear (`ModulationMixin`: SiLU inside, precomputed rows) with fp8 weights."""
+
+
 def quantize_fp8(transformer: nn.Module, include_adaln: bool = True) -> int:
     """Replace every Linear inside the DiT's transformer blocks by an `FP8Linear`; returns how many.
 
     The embedders, `norm_out` and `proj_out` stay in bf16 (tiny, and closest to the output). `include_adaln`
-    also quantises the per-block adaLN modulation Linears, a third of the DiT's weights.
+    also quantises the per-block adaLN modulation Linears, a third of the DiT's weights (they keep their SiLU and
+    precomputed rows; with `modulation=` tables they run once per image, so fp8 there saves memory, not time).
     """
     count = 0
     for block in transformer.transformer_blocks:
@@ -330,6 +359,11 @@ def quantize_fp8(transformer: nn.Module, include_adaln: bool = True) -> int:
                     continue
                 if not include_adaln and child_name == "linear" and "norm" in name:
                     continue
-                setattr(module, child_name, FP8Linear(child))
+                if isinstance(child, ModulationMixin):
+                    quantised = FP8ModulationLinear(child)
+                    quantised.offset = child.offset
+                else:
+                    quantised = FP8Linear(child)
+                setattr(module, child_name, quantised)
                 count += 1
     return count

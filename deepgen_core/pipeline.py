@@ -368,12 +368,14 @@ class DeepGenPipeline(FastPathMixin):
         else:
             branches = [(e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
+        modulations = [self.modulation_schedule(timesteps[:num_inference_steps], pooled) for _, pooled, _ in branches]
         for i in range(num_inference_steps):
             outputs = []
-            for context, pooled, copies in branches:
+            for (context, pooled, copies), modulation in zip(branches, modulations):
                 model_input = torch.cat([latents] * copies) if copies > 1 else latents
                 refs = None if reference_latents is None else list(reference_latents) * copies
-                velocity = velocity_fn(model_input, context, pooled, timesteps[i].expand(context.shape[0]), refs)
+                row = modulation[i] if modulation is not None else None
+                velocity = velocity_fn(model_input, context, pooled, timesteps[i].expand(context.shape[0]), refs, row)
                 outputs.extend(velocity.chunk(copies))
             velocity = outputs[0]
             if do_cfg:

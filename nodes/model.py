@@ -7,11 +7,13 @@ parameters, same maths) so that `--lowvram` / `--novram` can stream the weights 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from ..deepgen_core.models.transformer import ModulationLinear, ModulationMixin
 from ..deepgen_core.pipeline import DeepGenPipeline
 from ._comfy import model_management, model_patcher, ops
 
@@ -29,11 +31,18 @@ class ManagedModule(torch.nn.Module):
         return self._dtype
 
 
+@functools.cache
+def _comfy_modulation_linear(linear: type) -> type:
+    """The DiT's adaLN Linear (`ModulationLinear`: SiLU inside, precomputed rows) over ComfyUI's Linear."""
+    return type("ComfyModulationLinear", (ModulationMixin, linear), {})
+
+
 def _streamable_classes() -> dict[type, type]:
     layers = ops.disable_weight_init
     return {
         torch.nn.Linear: layers.Linear, torch.nn.Conv2d: layers.Conv2d, torch.nn.LayerNorm: layers.LayerNorm,
         torch.nn.GroupNorm: layers.GroupNorm, torch.nn.Embedding: layers.Embedding,
+        ModulationLinear: _comfy_modulation_linear(layers.Linear),
     }
 
 
@@ -41,7 +50,8 @@ def use_comfy_layers(module: torch.nn.Module) -> int:
     """Re-class plain torch layers to their `comfy.ops.disable_weight_init` twins in place; returns how many.
 
     The twins subclass the torch layers and compute the same thing until the patcher marks a layer for
-    per-call weight casting (partial loading). Only exact classes are swapped, never subclasses.
+    per-call weight casting (partial loading). Only exact classes are swapped, never subclasses; the DiT's adaLN
+    Linears (`ModulationLinear`) get a twin of their own that keeps the precomputed-modulation behaviour.
     """
     mapping, count = _streamable_classes(), 0
     for layer in module.modules():

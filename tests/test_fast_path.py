@@ -179,3 +179,107 @@ def test_switch_errors_and_vae_tiling():
     assert pipe.vae.use_tiling
     pipe.enable_vae_tiling(False)
     assert not pipe.vae.use_tiling
+
+
+# ------------------------------------------------------------------------------------------------ modulation
+
+
+def test_precomputed_modulation_rows_equal_the_forward_s_own():
+    from diffusers import SD3Transformer2DModel
+
+    transformer = tiny_transformer().eval()
+    hidden, context, pooled, timestep = _dit_inputs(transformer)
+    timestep = torch.tensor([500.0, 250.0])
+    sized = [torch.randn(16, 8, 8), torch.randn(16, 6, 10)]  # per-sample sizes take the padded path
+    refs = [[torch.randn(16, 8, 8)], [torch.randn(16, 4, 4)]]
+    with torch.no_grad():
+        rows = transformer.modulation(timestep, pooled)
+        assert rows.shape == (2, transformer._modulation_columns[-1][1])
+        for args, kwargs in (((hidden,), {}), ((sized,), {"reference_latents": refs})):
+            plain = transformer(*args, context, pooled, timestep, **kwargs).sample
+            ahead = transformer(*args, context, None, None, modulation=rows, **kwargs).sample
+            for a, b in zip(plain, ahead):
+                torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    # the adaLN Linears are swapped in place: stock SD3 checkpoint names are unchanged
+    stock = SD3Transformer2DModel(**{k: v for k, v in transformer.config.items() if not k.startswith("_")})
+    assert transformer.state_dict().keys() == stock.state_dict().keys()
+    stock.load_state_dict(transformer.state_dict())
+    with torch.no_grad():
+        expected = stock(hidden, context, pooled, timestep).sample
+        torch.testing.assert_close(transformer(hidden, context, pooled, timestep).sample, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_denoise_precomputes_modulations_in_chunks(monkeypatch):
+    from deepgen_core import fast_path
+
+    pipe = _pipe()
+    pipe.enable_fast_path(precompute_modulation=False)
+    expected = _latents(pipe, steps=5)
+    pipe.enable_fast_path()
+    calls = []
+    original = pipe.transformer.modulation
+    monkeypatch.setattr(pipe.transformer, "modulation", lambda t, p: (calls.append(len(t)), original(t, p))[1])
+    torch.testing.assert_close(_latents(pipe, steps=5), expected, rtol=1e-5, atol=1e-5)
+    assert calls == [5 * 2]  # one table for the [uncond ; cond] batch of all 5 steps
+    calls.clear()
+    width = pipe.transformer._modulation_columns[-1][1]
+    monkeypatch.setattr(fast_path, "MODULATION_CHUNK_BYTES", 2 * 2 * width * 4)  # two steps per chunk (fp32)
+    torch.testing.assert_close(_latents(pipe, steps=5), expected, rtol=1e-5, atol=1e-5)
+    assert calls == [4, 4, 2]  # steps 0-1, 2-3, 4: two CFG rows each
+
+
+def test_offload_keeps_fused_qkv_weights_shared(monkeypatch):
+    """A device move copies tensor by tensor; the separate q/k/v weights must come back as views of the fused
+    ones (else every move leaves two copies of them on the GPU)."""
+    from deepgen_core import fast_path
+
+    pipe = _pipe()
+    expected = _latents(pipe, steps=2)
+    pipe.enable_fast_path(fuse_projections=True)
+    copies = []
+
+    def copy_like_a_device(tensors, device):  # what .to("cuda") does: new storage per tensor
+        copies.append(len(tensors))
+        for t in tensors:
+            t.data = t.data.clone()
+
+    monkeypatch.setattr(fast_path, "move_tensors", copy_like_a_device)
+    monkeypatch.setattr(fast_path, "park_on_host", lambda tensors: copy_like_a_device(tensors, "cpu"))
+    pipe.set_offload("model", "cpu")
+    torch.testing.assert_close(_latents(pipe, steps=2), expected, rtol=1e-5, atol=1e-5)
+    assert copies
+    attn = pipe.transformer.transformer_blocks[0].attn
+    fused = attn.to_qkv.weight.untyped_storage().data_ptr()
+    assert all(p.weight.untyped_storage().data_ptr() == fused for p in (attn.to_q, attn.to_k, attn.to_v))
+    added = attn.to_added_qkv.weight.untyped_storage().data_ptr()
+    assert attn.add_k_proj.weight.untyped_storage().data_ptr() == added
+
+
+def test_offload_model_parks_every_weight_including_the_vision_tower(monkeypatch):
+    from deepgen_core import fast_path
+
+    pipe = _pipe()
+    pipe.enable_fast_path(fuse_projections=True)
+    parked: set[int] = set()
+    monkeypatch.setattr(fast_path, "park_on_host", lambda tensors: parked.update(id(t) for t in tensors))
+    pipe.set_offload("model", "cpu")
+    views = fast_path.fused_qkv_views(pipe.transformer)
+    everything = {id(t) for m in (pipe.encoder, pipe.transformer, pipe.vae) for t in [*m.parameters(), *m.buffers()]}
+    assert views and parked == everything - views
+
+
+def test_regional_compile_does_not_recompile_for_other_sizes_batches_or_edits():
+    """Dynamic shapes, contiguous tokens and fresh modulation rows: once each block kind is compiled, other sizes,
+    batches and references reuse the graphs (each recompile costs ~20 s at real size; dynamo gives up after 8)."""
+    from PIL import Image
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    pipe = _pipe()
+    pipe.enable_fast_path(compile="regional", fuse_projections=True, compile_kwargs={"backend": "aot_eager"})
+    graphs = []
+    for size, kwargs in (((64, 64), {}), ((96, 64), {"num_images_per_prompt": 2}), ((64, 64), {"image": Image.new("RGB", (64, 64), "red")})):
+        pipe("a red cube", height=size[0], width=size[1], num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] <= len(pipe.transformer.transformer_blocks) and graphs == [graphs[0]] * 3

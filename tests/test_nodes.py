@@ -330,6 +330,9 @@ def test_partial_load_streams_weights_and_keeps_outputs(pack, loaded, comfy):
         assert patcher.model.model_lowvram
         streamed = [m for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)]
         assert len(streamed) >= 20  # every Linear / Conv2d / LayerNorm of the DiT
+        # the adaLN Linears too (a third of the DiT), with their precomputed-row behaviour kept
+        mixin = pack.deepgen_core.models.transformer.ModulationMixin
+        assert sum(isinstance(m, mixin) for m in streamed) == 2 * len(patcher.model.inner.transformer_blocks) + 1
         pipe = DeepGenPipeline(model.tokenizer, model.encoder.model.inner, patcher.model.inner, None, model.scheduler)
         dtype = pipe.dtype
         embeds = pack.deepgen_core.pipeline.PromptEmbeddings(positive[0][0].to(dtype), positive[0][1]["pooled_output"].to(dtype), negative[0][0].to(dtype), negative[0][1]["pooled_output"].to(dtype))

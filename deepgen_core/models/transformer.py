@@ -3,6 +3,11 @@
 Reference notes §1.5. Per sample the image stream is `[target tokens ; reference 1 tokens ; ...]`, each piece
 patch-embedded with the same centre-cropped sin-cos table for its own grid (no offset, no RoPE). Only the
 target tokens are unpatchified. Parameter names are diffusers' own, so stock SD3 weights load unchanged.
+
+The adaLN modulations (`linear(silu(temb))` of every block's norms and of `norm_out`, a third of the DiT's
+weights) depend only on the timestep and the pooled vector, so a sampler that knows its timesteps can compute
+them for all steps at once (`DeepGenSD3Transformer.modulation`) and pass one row per step (`modulation=`): the
+weights are then read once per image instead of once per step (`ModulationLinear`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from diffusers import SD3Transformer2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+from torch.nn import functional as F
 
 ReferenceLatents = Sequence[Sequence[torch.Tensor]]
 
@@ -83,6 +90,45 @@ class DeepGenJointAttnProcessor:
         return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend, parallel_config=self._parallel_config)
 
 
+class ModulationMixin:
+    """Makes a Linear the `linear` of an adaLN norm (`AdaLayerNormZero`, `SD35AdaLayerNormZeroX`,
+    `AdaLayerNormContinuous`) that also takes its output precomputed.
+
+    diffusers' norms compute `self.linear(self.silu(emb))`. `install_modulation_linears` turns the norm's `silu`
+    into an Identity and this class applies the SiLU itself, so a (B, in_features) embedding gives exactly the
+    same `linear(silu(emb))` as before. A wider input is a row of precomputed modulations (B, W) with W !=
+    in_features: the module returns its own columns `[offset, offset + out_features)`. A mixin, so that hosts
+    with their own Linear class (ComfyUI's `comfy.ops`) keep it: `class X(ModulationMixin, TheirLinear)`.
+    """
+
+    offset: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.in_features:
+            return super().forward(F.silu(x))
+        return x[..., self.offset : self.offset + self.out_features]
+
+
+class ModulationLinear(ModulationMixin, nn.Linear):
+    """`nn.Linear` with `ModulationMixin` (swapped in place: parameters and checkpoint names stay the Linear's)."""
+
+
+def install_modulation_linears(norms: Sequence[nn.Module]) -> int:
+    """Swap the `linear` of each norm to a `ModulationLinear` reading consecutive columns of one row (the norms
+    of one block share the block's row); returns the row width."""
+    width = 0
+    for norm in norms:
+        linear = norm.linear
+        if not isinstance(linear, ModulationMixin):
+            linear.__class__ = ModulationLinear
+            norm.silu = nn.Identity()
+        linear.offset = width
+        width += linear.out_features
+    if width == norms[0].linear.in_features:
+        raise ValueError(f"a modulation row of width {width} cannot be told from an embedding of that width.")
+    return width
+
+
 class DeepGenSD3Transformer(SD3Transformer2DModel):
     """`SD3Transformer2DModel` that accepts per-sample sizes and reference latents (the "dynamic" Kontext DiT)."""
 
@@ -123,10 +169,39 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
             qk_norm=qk_norm,
         )
         self.set_attn_processor(DeepGenJointAttnProcessor())
+        self._install_modulation()
+
+    def _modulation_norms(self) -> list[list[nn.Module]]:
+        """The adaLN norms fed by `temb`, grouped by the call that receives one row: per block, then norm_out."""
+        return [[block.norm1, block.norm1_context] for block in self.transformer_blocks] + [[self.norm_out]]
+
+    def _install_modulation(self) -> None:
+        self._modulation_columns: list[tuple[int, int]] = []
+        start = 0
+        for norms in self._modulation_norms():
+            width = install_modulation_linears(norms)
+            self._modulation_columns.append((start, start + width))
+            start += width
+
+    def modulation(self, timestep: torch.Tensor, pooled_projections: torch.Tensor) -> torch.Tensor:
+        """Every adaLN modulation of the forward for these conditions, as one (B, W) table row per sample.
+
+        Args:
+            timestep: (B,) on the 0-1000 scale.
+            pooled_projections: (B, pooled_projection_dim).
+
+        Returns:
+            (B, W): pass rows as `forward(..., modulation=)`; the same numbers the forward computes itself, up to
+            the rounding of a larger GEMM.
+        """
+        temb = self.time_text_embed(timestep, pooled_projections)
+        return torch.cat([norm.linear(temb) for norms in self._modulation_norms() for norm in norms], dim=-1)
 
     def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
-        # PatchEmbed crops the sin-cos table around the centre for this grid size.
-        return self.pos_embed(latents)
+        # PatchEmbed crops the sin-cos table around the centre for this grid size. Its output is a transposed view
+        # (stride 1 along tokens); contiguous tokens give compiled blocks one memory layout for every input (a
+        # concatenation with references is contiguous), instead of a recompile per layout.
+        return self.pos_embed(latents).contiguous()
 
     def _embed_image_stream(
         self, hidden_states: torch.Tensor | Sequence[torch.Tensor], reference_latents: ReferenceLatents | None
@@ -172,6 +247,7 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
         timestep: torch.Tensor,
         reference_latents: ReferenceLatents | None = None,
         return_dict: bool = True,
+        modulation: torch.Tensor | None = None,
     ) -> Transformer2DModelOutput | tuple:
         """
         Args:
@@ -180,20 +256,26 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
             pooled_projections: (B, pooled_projection_dim) SCB pooled vector.
             timestep: (B,) on the 0-1000 scale.
             reference_latents: per sample, a list of clean (C, h, w) VAE latents appended to the image stream.
+            modulation: (B, W) rows of `self.modulation(timestep, pooled_projections)`, computed ahead (then
+                `timestep` and `pooled_projections` are not read).
 
         Returns:
             The velocity for the target only: (B, C, H, W) when all samples share a size, else a list.
         """
         tokens, valid, grids = self._embed_image_stream(hidden_states, reference_latents)
-        temb = self.time_text_embed(timestep, pooled_projections)
+        if modulation is None:
+            rows = [self.time_text_embed(timestep, pooled_projections)] * len(self._modulation_columns)
+        else:
+            # Fresh tensors, not views: a view's storage offset would make compiled blocks specialise per block.
+            rows = [modulation[:, a:b].clone() for a, b in self._modulation_columns]
         context = self.context_embedder(encoder_hidden_states)
         kwargs = {"attention_mask": valid} if valid is not None else None
-        for block in self.transformer_blocks:
+        for block, temb in zip(self.transformer_blocks, rows):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, kwargs)
             else:
                 context, tokens = block(hidden_states=tokens, encoder_hidden_states=context, temb=temb, joint_attention_kwargs=kwargs)
-        tokens = self.proj_out(self.norm_out(tokens, temb))
+        tokens = self.proj_out(self.norm_out(tokens, rows[-1]))
         sample = self._unpatchify(tokens, grids)
         if not return_dict:
             return (sample,)
