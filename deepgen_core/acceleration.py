@@ -170,7 +170,10 @@ def compile_transformer(transformer: nn.Module, mode: CompileMode = "regional", 
             `full` compiles the whole forward (longer compile, one graph per input layout).
         compile_kwargs: passed to `torch.compile` (e.g. `dynamic=`, `mode=`); for `regional` the defaults are
             `fullgraph=True` (a graph break is an error, not a silent slowdown) and `dynamic=True` (measured on an
-            H100: ~5% slower per forward than shape-specialised kernels, but one ~45 s compile for all sizes).
+            H100: ~3-5% slower per forward than shape-specialised kernels, but one ~45 s compile for all sizes).
+            `dynamic=False` compiles each of the three block kinds once per input shape (~20 s each), and dynamo
+            stops recompiling a function after `torch._dynamo.config.recompile_limit` (8) graphs: fine for one or
+            two resolutions.
     """
     if mode == "regional":
         # Dynamic shapes by default: the three block variants (dual-attention, plain, last) then compile once for

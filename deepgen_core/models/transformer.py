@@ -129,6 +129,12 @@ def install_modulation_linears(norms: Sequence[nn.Module]) -> int:
     return width
 
 
+def _fresh(x: torch.Tensor) -> torch.Tensor:
+    """`x` as a tensor that is not a view (a 3-D Linear output is a view of its 2-D result): compiled blocks guard
+    on whether an input is a view, so the first block would otherwise compile apart from the others."""
+    return x if x._base is None else x.clone()
+
+
 class DeepGenSD3Transformer(SD3Transformer2DModel):
     """`SD3Transformer2DModel` that accepts per-sample sizes and reference latents (the "dynamic" Kontext DiT)."""
 
@@ -268,7 +274,7 @@ class DeepGenSD3Transformer(SD3Transformer2DModel):
         else:
             # Fresh tensors, not views: a view's storage offset would make compiled blocks specialise per block.
             rows = [modulation[:, a:b].clone() for a, b in self._modulation_columns]
-        context = self.context_embedder(encoder_hidden_states)
+        context = _fresh(self.context_embedder(encoder_hidden_states))
         kwargs = {"attention_mask": valid} if valid is not None else None
         for block, temb in zip(self.transformer_blocks, rows):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
