@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    speed = gen.add_argument_group("speed and memory (GPU; see README 'Speed and memory')")
+    speed.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT + fused q/k/v (~45 s once per process, then ~1.6x faster steps; equal within bf16 rounding)")
+    speed.add_argument("--compile-cache", type=Path, default=None, help="file to load torch's compile artefacts from (when present) and save them to: later runs skip most of the compile")
+    speed.add_argument("--fp8", action="store_true", help="fp8 DiT block weights (half the DiT memory; NOT exact)")
+    speed.add_argument("--offload", choices=["none", "model", "sequential"], default="none", help="model: each component visits the GPU only while it runs (~7 GiB peak at 1024^2); sequential: layer by layer (lowest memory, slowest)")
+    speed.add_argument("--vae-tiling", action="store_true", help="decode in 512 px tiles (less memory above 1024^2; seams are blended)")
+    speed.add_argument("--no-cuda-graphs", action="store_true", help="run the DiT eagerly instead of replaying CUDA graphs")
     _add_model_args(gen, required=False)
 
     conv = sub.add_parser("convert", help="write a DeepGen release as safetensors files (no pickle, mmap-able)")
@@ -87,6 +94,7 @@ def _generate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     pipe, tiny = _pipeline(args, device, dtype)
+    _speed_switches(pipe, args, device)
     steps = args.steps or (25 if tiny else 50)
     images = [Image.open(p) for p in args.image] or None
     with tqdm(total=steps, desc="denoising", unit="step") as bar:
@@ -102,7 +110,26 @@ def _generate(args: argparse.Namespace) -> int:
     for img, path in zip(out.images, paths):
         img.save(path)
         print(path)
+    if args.compile_cache and args.compile:
+        from .acceleration import save_compile_cache
+
+        save_compile_cache(args.compile_cache)
     return 0
+
+
+def _speed_switches(pipe, args: argparse.Namespace, device: str) -> None:
+    """Apply `generate`'s speed/memory options (order matters: offload before compile, cache before compile)."""
+    if args.offload != "none":
+        pipe.set_offload(args.offload, device)
+    if args.compile and args.compile_cache:
+        from .acceleration import load_compile_cache
+
+        load_compile_cache(args.compile_cache)
+    graphs = False if args.no_cuda_graphs or args.offload == "sequential" else "auto"
+    pipe.enable_fast_path(cuda_graphs=graphs, compile="regional" if args.compile else None,
+                          fuse_projections=args.compile and not args.fp8, fp8=args.fp8)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -174,3 +174,27 @@ def test_cli_generate_embedded_model(tmp_path, monkeypatch):
     assert main(["generate", "--prompt", "a red circle on a blue background", "--steps", "2", "--height", "64", "--width", "64", "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.size == (64, 64) and img.mode == "RGB"
+
+
+def test_cli_speed_switches_reach_the_pipeline(tmp_path, monkeypatch):
+    import numpy as np
+
+    import deepgen_core.presets
+    from deepgen_core import acceleration
+    from deepgen_core.cli import main
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.presets import tiny_components
+
+    DeepGenPipeline.from_components(tiny_components(seed=0)).save_converted(tmp_path / "embedded", dtype=None)
+    monkeypatch.setattr(deepgen_core.presets, "DEEPGEN_TINY_DIR", tmp_path / "embedded")
+    base = ["generate", "--prompt", "a red circle", "--steps", "2", "--height", "64", "--width", "64"]
+    assert main([*base, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "--offload", "model", "--vae-tiling", "--out", str(tmp_path / "offload.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "plain.png")), np.asarray(Image.open(tmp_path / "offload.png")))
+    seen, saved = {}, []
+    original = DeepGenPipeline.enable_fast_path
+    monkeypatch.setattr(DeepGenPipeline, "enable_fast_path", lambda self, **kw: (seen.update(kw), original(self, **{**kw, "compile": None}))[1])
+    monkeypatch.setattr(acceleration, "save_compile_cache", lambda path: saved.append(path))
+    cache = tmp_path / "compile.bin"
+    assert main([*base, "--compile", "--compile-cache", str(cache), "--out", str(tmp_path / "fast.png")]) == 0
+    assert seen == {"cuda_graphs": "auto", "compile": "regional", "fuse_projections": True, "fp8": False} and saved == [cache]
