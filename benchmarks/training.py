@@ -1,79 +1,209 @@
-"""Training-side scenarios of the benchmark: a stage-2 SFT step and an RL rollout.
+"""Training-side scenarios of the benchmark: the project's stage-2 SFT step and an RL rollout.
 
-Written as plain loops over `deepgen_core.train.objectives` and the pipeline's `denoise`, because the project's
-trainer and RL code are developed separately. What the stage-2 step does (reference notes §5.1-5.3): VAE-encode
-the targets (frozen), run the VLM with the think tokens (frozen base weights, gradients flow to the think
-tokens), the SCB bridge and the DiT with gradients, flow-matching loss, backward, clip 1.0, AdamW. The VLM LoRA
-of the real stage 2 is not attached here (its FLOPs are small; its backward through the VLM is counted).
+`stage2_step` times the step of `deepgen_core.train` at real size: a `DeepGenTrainModel` over the pipeline's
+modules with stage 2 applied by `setup_stage` (think tokens, SCB bridge and the whole DiT trainable, the VLM
+LoRA of the stage defaults attached: r 64 on embed_tokens and text layers 0-34), a cached-latent batch (what
+`data.cache_latents` feeds: posterior mean/std instead of pixels, so no VAE in the step), `draw_step_noise`,
+`model(batch, noise)["loss"]`, backward, clip 1.0, the project's fused AdamW (`build_optimizer`), as
+`Trainer._optimizer_step` does without accelerate. Optional: gradient checkpointing, `compile_for_training`.
+
+Precision: "autocast" is the trainer's bf16 mode (fp32 master weights of everything that trains, AdamW states
+fp32, the forward under bf16 autocast); the frozen VLM base weights stay bf16 here (the trainer keeps them fp32:
+7.5 GB more and a cast per use, the same FLOPs), so that it fits one 80 GB GPU without ZeRO. "bf16" trains bf16
+weights with bf16 AdamW states (the old benchmark's setting). The learning rate is 0, so every weight keeps its
+value (AdamW still does all its arithmetic) and the pipeline is handed back as it came (dtypes, requires_grad and
+train/eval flags, compile state, fused projections; LoRA removed; CUDA graphs dropped, recaptured on use).
+
+Alone on a GPU: python benchmarks/training.py --out DIR [--variants a,b] [--runs 5] [--budget-s 420]; writes
+DIR/training.json and DIR/training.md after every variant. Each precision compiles once (its first compiled
+variant's first call; the checkpointing variant reuses the graphs), so expect several minutes in all.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import math
 import statistics
+import sys
+import time
+from pathlib import Path
 
 import torch
 
-from deepgen_core.prompts import text_to_image_prompt
-from deepgen_core.train.objectives import FlowMatchingTargets, flow_matching_loss, predict_velocity, training_schedule
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import PEAK_TFLOPS, StepCounter, dit_forward_flops, image_tokens, timed
 
+from deepgen_core.acceleration import FP8Linear, fuse_qkv, unfuse_qkv
+from deepgen_core.train.config import OptimConfig, build_config
+from deepgen_core.train.modeling import (
+    DeepGenTrainModel,
+    compile_for_training,
+    detach_lora,
+    draw_step_noise,
+    enable_gradient_checkpointing,
+)
+from deepgen_core.train.optim import build_optimizer
+from deepgen_core.train.stages import setup_stage
 
-def _vlm_text_params(encoder) -> int:
-    lm = encoder.vlm.language_model
-    return sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+logger = logging.getLogger("deepgen.bench.training")
+PROMPT = "a red fox reading a newspaper on a park bench, morning light"
+STAGE2_VARIANTS = {
+    "eager_ckpt_off": {"checkpointing": False, "compile": False},
+    "eager_ckpt_on": {"checkpointing": True, "compile": False},
+    "compiled_ckpt_off": {"checkpointing": False, "compile": True},
+    "compiled_ckpt_on": {"checkpointing": True, "compile": True},
+    "bf16_compiled_ckpt_off": {"checkpointing": False, "compile": True, "precision": "bf16"},
+}
 
 
-def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, runs: int = 5) -> dict:
-    """Samples/s and model-FLOP utilisation of one stage-2 optimisation step (bf16 weights and AdamW states).
+def stage2_flops(model: DeepGenTrainModel, micro_batch: int, size: int, n_txt: int) -> float:
+    """Model FLOPs of one stage-2 step (forward + backward), per micro-batch.
 
-    The learning rate is 0 so that the weights stay bit-identical for the later benchmark phases; the
-    optimizer still performs its full update arithmetic.
+    Counted: the DiT 3x its forward (anchors.md §6.3: linear layers and joint/dual attention over the image
+    tokens of `size` and the `n_txt` context tokens); the VLM text layers 4 P n (forward, and backward to the
+    inputs only: the base weights are frozen; P without the embedding table); the LoRA linears 6 P n (forward,
+    input and weight gradients); the SCB bridge 6 P n. Not counted: the VLM's attention scores (n ~ 100-200),
+    elementwise work, the optimizer, and the recomputation of gradient checkpointing (model FLOPs, not
+    hardware FLOPs), so MFU with checkpointing is lower by the recomputation's share.
     """
-    encoder, dit, vae = pipe.encoder, pipe.transformer, pipe.vae
-    trainable = [*dit.parameters(), *encoder.bridge.parameters(), encoder.think_tokens]
-    for p in trainable:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(trainable, lr=0.0, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
-    if checkpointing:
-        dit.enable_gradient_checkpointing()
-        encoder.vlm.language_model.gradient_checkpointing_enable()
-    dit.train()
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    images = torch.rand(micro_batch, 3, size, size, device="cuda", generator=generator).mul(2).sub(1).to(vae.dtype)
-    ids, mask = pipe._tokenize([text_to_image_prompt("a red fox reading a newspaper on a park bench, morning light")] * micro_batch)
-    cfg = vae.config
+    encoder = model.encoder
+    lm = encoder.vlm.language_model
+    lora = sum(p.numel() for n, p in lm.named_parameters() if "lora_" in n and "embed_tokens" not in n)
+    vlm = sum(p.numel() for n, p in lm.named_parameters() if "lora_" not in n) - lm.embed_tokens.weight.numel()
+    bridge = sum(p.numel() for p in encoder.bridge.parameters())
+    dit = 3 * dit_forward_flops(model.transformer.config, image_tokens(size, 0), n_txt)
+    return micro_batch * (dit + (4 * vlm + 6 * lora + 6 * bridge) * n_txt)
+
+
+def _cached_batch(model: DeepGenTrainModel, micro_batch: int, size: int) -> dict:
+    """A text-to-image micro-batch as the latent cache yields it: bf16 posterior mean/std (encoded under autocast)."""
+    vae, device = model.vae.config, model.transformer.device
+    shape = (vae.latent_channels, size // 8, size // 8)
+    generator = torch.Generator(device=device).manual_seed(0)
+    mean = [torch.randn(shape, device=device, generator=generator).to(torch.bfloat16) for _ in range(micro_batch)]
+    std = [torch.rand(shape, device=device, generator=generator).mul(0.1).to(torch.bfloat16) for _ in range(micro_batch)]
+    return {"texts": [PROMPT] * micro_batch, "latent_mean": mean, "latent_std": std, "task": "text2image"}
+
+
+class _Stage2Model:
+    """The stage-2 train model over `pipe`'s own modules (`build`), and the pipe handed back unchanged (`restore`)."""
+
+    def __init__(self, pipe) -> None:
+        dit = pipe.transformer
+        if any(isinstance(m, FP8Linear) for m in dit.modules()):
+            raise ValueError("the DiT holds fp8 weights (the fp8 phase): the training step needs the bf16 DiT.")
+        self.pipe, self.checkpointing, self.trainable, self.compiled = pipe, False, {}, {}
+        self.fused = any(getattr(m, "fused_projections", False) for m in dit.modules())
+        if self.fused:
+            unfuse_qkv(dit)  # training must see the separate q/k/v weights (fuse_qkv's note)
+        pipe.release_cuda_graphs()
+        parts = (pipe.encoder, dit, pipe.vae)
+        self.modes = {m: m.training for part in parts for m in part.modules()}
+        self.params = {p: (p.dtype, p.requires_grad) for part in parts for p in part.parameters()}
+        self.compiled_before = {m: m._compiled_call_impl for m in self.modes if m._compiled_call_impl is not None}
+        for m in self.compiled_before:
+            m._compiled_call_impl = None  # eager unless this variant compiles
+
+    def build(self, precision: str, checkpointing: bool, compile: bool) -> DeepGenTrainModel:
+        torch.manual_seed(0)  # LoRA init
+        model = DeepGenTrainModel(self.pipe.components())
+        self.trainable = setup_stage(model, build_config("sft"))
+        master = torch.float32 if precision == "autocast" else torch.bfloat16
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(master)
+        if checkpointing:
+            self.checkpointing = True
+            enable_gradient_checkpointing(model)
+        if compile:
+            self.compiled = compile_for_training(model)
+        return model.train()
+
+    def restore(self) -> None:
+        pipe = self.pipe
+        if self.checkpointing:
+            pipe.transformer.disable_gradient_checkpointing()
+            pipe.encoder.vlm.gradient_checkpointing_disable()
+        detach_lora(pipe.encoder.vlm)
+        for m, training in self.modes.items():
+            m._compiled_call_impl = self.compiled_before.get(m)
+            m.training = training
+        for p, (dtype, requires_grad) in self.params.items():
+            p.grad = None
+            p.data = p.data.to(dtype)
+            p.requires_grad_(requires_grad)
+        if self.fused:
+            fuse_qkv(pipe.transformer)
+        pipe.release_cuda_graphs()
+
+
+def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, compile: bool = False,
+                precision: str = "autocast", runs: int = 5) -> dict:
+    """Samples/s and model-FLOP utilisation of the project's stage-2 step (see the module docstring).
+
+    Args:
+        pipe: a real-size bf16 `DeepGenPipeline` on CUDA (handed back unchanged).
+        micro_batch, size: samples per step and their side (text-to-image, one prompt repeated).
+        checkpointing: gradient checkpointing of the DiT and VLM layers.
+        compile: `compile_for_training` (inductor, regional, dynamic); the first call compiles.
+        precision: "autocast" (fp32 master weights, bf16 autocast) or "bf16" (bf16 weights and AdamW states).
+        runs: timed steps after 2 warm-up steps.
+    """
+    if precision not in ("autocast", "bf16"):
+        raise ValueError(f"precision must be 'autocast' or 'bf16', got {precision!r}.")
+    state = _Stage2Model(pipe)
+    try:
+        model = state.build(precision, checkpointing, compile)
+        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs)
+        row.update(trainable=state.trainable, compiled=state.compiled)
+        del model
+    finally:
+        state.restore()
+        del state
+        gc.collect()
+        torch.cuda.empty_cache()
+    row.update(precision=precision, checkpointing=checkpointing, compile=compile)
+    return row
+
+
+def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int) -> dict:
+    """2 warm-up steps (the first compiles), then `runs` timed steps (each synchronised), as `Trainer._optimizer_step`."""
+    batch = _cached_batch(model, micro_batch, size)
+    device_type = model.transformer.device.type
+    autocast = (lambda: torch.autocast(device_type, torch.bfloat16)) if use_autocast else contextlib.nullcontext
+    with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):
+        n_txt = model.pipeline().encode_prompt(batch["texts"], [], None, max_text_length=model.max_text_length).prompt_embeds.shape[1]
+    flops = stage2_flops(model, micro_batch, size, n_txt)
+    optimizer = build_optimizer(model, OptimConfig(lr=0.0))  # fused AdamW; lr 0 keeps the weights (module docstring)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses, counter = [], iter(range(10**9))
 
     def step() -> None:
-        with torch.no_grad():
-            latents = (vae.encode(images).latent_dist.sample(generator) - cfg.shift_factor) * cfg.scaling_factor
-        context, pooled = encoder(ids, mask)
-        timesteps, sigmas = training_schedule(pipe.scheduler, torch.rand(micro_batch), latents.dtype)
-        targets = FlowMatchingTargets(list(latents), list(torch.randn_like(latents)), timesteps.cuda(), sigmas.cuda())
-        loss = flow_matching_loss(predict_velocity(dit, targets, context, pooled), targets.latents, targets.noise)
+        index = next(counter)
+        noise = draw_step_noise(model, batch, torch.Generator().manual_seed(index))
+        torch.manual_seed(index)  # LoRA dropout, seeded per micro-batch as the trainer does
+        with autocast():
+            loss = model(batch, noise)["loss"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
 
     torch.cuda.reset_peak_memory_stats()
-    try:
+    # The suite's pipe may already hold the inference fast path's DiT graphs: room for those and the training ones.
+    with torch.compiler.set_stance("default" if compile else "force_eager"), torch._dynamo.config.patch(recompile_limit=32):
         times, first = timed(step, runs, warmup=2)
-    finally:
-        dit.eval()
-        if checkpointing:
-            dit.disable_gradient_checkpointing()
-            encoder.vlm.language_model.gradient_checkpointing_disable()
-        for p in trainable:
-            p.requires_grad_(False)
-
-    n_txt = ids.shape[1] + encoder.config.num_think_tokens
-    conn = sum(p.numel() for p in encoder.bridge.parameters())
-    flops = micro_batch * (3 * dit_forward_flops(dit.config, image_tokens(size, 0), n_txt) + 4 * _vlm_text_params(encoder) * n_txt + 6 * conn * n_txt)
     median = statistics.median(times)
     return {"s_per_step": median, "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
             "samples_per_s": micro_batch / median, "tflops": flops / median / 1e12, "mfu_pct": 100 * flops / median / (PEAK_TFLOPS * 1e12),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "n_txt": n_txt}
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "n_txt": n_txt, "tflop_per_step": flops / 1e12,
+            "losses_finite": all(math.isfinite(float(v)) for v in losses)}
 
 
 def rl_rollout(pipe, group: int = 8, size: int = 512, steps: int = 50, runs: int = 5) -> dict:
@@ -100,3 +230,77 @@ def rl_rollout(pipe, group: int = 8, size: int = 512, steps: int = 50, runs: int
     return {"s_per_rollout": median, "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
             "images_per_s": group / median, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "callback_calls_ok": counter.calls == steps * (runs + 1)}
+
+
+# ------------------------------------------------------------------------------------------------ standalone run
+
+COLUMNS = (("variant", "{}"), ("s_per_step", "{:.3f}"), ("min_s", "{:.3f}"), ("max_s", "{:.3f}"), ("first_call_s", "{:.1f}"),
+           ("samples_per_s", "{:.2f}"), ("tflops", "{:.0f}"), ("mfu_pct", "{:.1f}"), ("peak_gib", "{:.1f}"))
+
+
+def markdown(results: dict) -> str:
+    """The variants as a markdown table, then the run's facts."""
+    n_txt = next(iter(results["variants"].values()), {}).get("n_txt")
+    lines = [(f"Stage-2 step, {results['device']}, torch {results['torch']}, micro-batch {results['micro_batch']}, "
+              f"{results['size']}^2, n_txt {n_txt}, real sizes, random weights."), "",
+             "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, row in results["variants"].items():
+        lines.append("| " + " | ".join(fmt.format(name if key == "variant" else row[key]) for key, fmt in COLUMNS) + " |")
+    for key in ("build_s", "compile_cache_loaded", "skipped", "errors", "total_s"):
+        lines.append(f"\n{key}: {json.dumps(results.get(key), default=str)}")
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, results: dict) -> None:
+    (out / "training.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "training.md").write_text(markdown(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for training.json and training.md")
+    parser.add_argument("--variants", default=",".join(STAGE2_VARIANTS), help=f"comma list of {list(STAGE2_VARIANTS)}")
+    parser.add_argument("--runs", type=int, default=5, help="timed steps per variant (after 2 warm-up steps)")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no new variant after this many seconds")
+    parser.add_argument("--compile-cache", type=Path, default=None, help="load (if present) and save torch compile artefacts here")
+    args = parser.parse_args()
+    names = [n for n in args.variants.split(",") if n]
+    if unknown := sorted(set(names) - set(STAGE2_VARIANTS)):
+        parser.error(f"unknown variants {unknown}; choose from {list(STAGE2_VARIANTS)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from real_size_smoke import real_size_components
+
+    from deepgen_core.acceleration import load_compile_cache, save_compile_cache
+    from deepgen_core.pipeline import DeepGenPipeline
+
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache_loaded = bool(args.compile_cache) and load_compile_cache(args.compile_cache)
+    pipe = DeepGenPipeline.from_components(real_size_components("cuda", torch.bfloat16))
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "micro_batch": args.micro_batch, "size": args.size,
+               "build_s": time.perf_counter() - start, "compile_cache_loaded": cache_loaded, "variants": {}, "skipped": [], "errors": {}}
+    for name in names:
+        if time.perf_counter() - start > args.budget_s:
+            results["skipped"].append(name)
+            continue
+        try:
+            results["variants"][name] = row = stage2_step(pipe, args.micro_batch, args.size, runs=args.runs, **STAGE2_VARIANTS[name])
+            logger.info("%s: %.3f s/step, first call %.1f s, MFU %.1f%%, peak %.1f GiB", name, row["s_per_step"], row["first_call_s"], row["mfu_pct"], row["peak_gib"])
+        # Exception, not a list: dynamo and inductor raise classes outside RuntimeError, and one failed variant must
+        # not lose the others of a scarce device run.
+        except Exception as exc:
+            logger.exception("variant %s failed", name)
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+        results["total_s"] = time.perf_counter() - start
+        _write(args.out, results)
+    if args.compile_cache:
+        results["compile_cache_bytes"] = save_compile_cache(args.out / args.compile_cache.name)
+    results["total_s"] = time.perf_counter() - start
+    _write(args.out, results)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,9 @@ them into the pipeline. What is exact and what is not:
   to the graph runner as one more input.
 - `quantize_fp8` stores the block Linear weights in float8 (e4m3, one scale per output channel) and, on GPUs
   with fp8 tensor cores, also runs the GEMMs in fp8: NOT exact; it halves the DiT's weight memory.
+
+Training (`model.compile` of the train config) reuses `compile_transformer` and compiles the encoder with
+`compile_encoder_for_training`.
 """
 
 from __future__ import annotations
@@ -204,6 +207,39 @@ def compile_encoder(encoder: nn.Module, **compile_kwargs) -> int:
             module.compile(**{"dynamic": True, **compile_kwargs})
             count += 1
     return count
+
+
+def compile_encoder_for_training(encoder: nn.Module, **compile_kwargs) -> dict[str, int]:
+    """Regional `torch.compile` of the encoder parts that run with gradients: the parts of every VLM decoder layer
+    (attention, MLP, the two RMS norms) and the connector layers. The vision tower runs without gradients and
+    stays eager (see `ENCODER_BLOCKS`).
+
+    Why the parts of a decoder layer and not the layer (as `compile_encoder` does for inference): transformers
+    calls the gradient checkpoint inside the layer's forward (`GradientCheckpointingLayer`), and dynamo cannot
+    trace a checkpointed region that holds a graph break. The attention holds one: transformers' output-capture
+    hook reads a `ContextVar`, which dynamo does not trace. A whole compiled layer therefore runs entirely eager
+    under gradient checkpointing; its parts compile with or without it, and the checkpoint stays outside them (as
+    diffusers does for the DiT blocks). peft LoRA layers inside the parts trace without a break.
+
+    Args:
+        encoder: a `DeepGenEncoder` (its `vlm.language_model.layers` and `bridge.connector.layers`).
+        compile_kwargs: passed to `torch.compile`; defaults `fullgraph=True` (a graph break is an error) except
+            for the attention (the hook's break after its forward is expected) and `dynamic=True` (prompt
+            lengths vary).
+
+    Returns:
+        The number of compiled modules per kind: `vlm_layer_parts`, `connector_layers`.
+    """
+    options = {"fullgraph": True, "dynamic": True, **compile_kwargs}
+    counts = {"vlm_layer_parts": 0, "connector_layers": 0}
+    for layer in encoder.vlm.language_model.layers:
+        for part in layer.children():
+            part.compile(**({**options, "fullgraph": False} if part is layer.self_attn else options))
+            counts["vlm_layer_parts"] += 1
+    for layer in encoder.bridge.connector.layers:
+        layer.compile(**options)
+        counts["connector_layers"] += 1
+    return counts
 
 
 def save_compile_cache(path: str | Path) -> int:

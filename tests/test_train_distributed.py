@@ -101,3 +101,17 @@ def test_sigkill_during_a_checkpoint_then_resume_is_bitwise(data, zero2_run, tmp
     resumed, reference = read_metrics(out / "metrics.jsonl"), read_metrics(zero2_run / "metrics.jsonl")
     for step in range(3, 9):
         assert resumed[step]["loss"] == reference[step]["loss"], f"step {step}: {resumed[step]['loss']} vs {reference[step]['loss']}"
+
+
+def test_zero2_compiled_with_checkpointing_repeats_the_eager_losses(data, zero2_run, tmp_path):
+    """`model.compile: regional` (AOT-eager backend: dynamo's graphs without kernel generation) under ZeRO-2 with
+    gradient checkpointing: the same 8 losses as the eager ZeRO-2 run, within float rounding."""
+    out = tmp_path / "compiled"
+    extra = {"checkpoint.save_every": 0, "checkpoint.export_at_end": "false", "model.compile": "regional",
+             "model.compile_backend": "aot_eager", "model.gradient_checkpointing": "true"}
+    log = run("sft", tiny_overrides(data, out, max_steps=8, **extra) + [ZERO2], timeout=600)
+    assert "torch.compile (regional, aot_eager)" in log
+    compiled, reference = read_metrics(out / "metrics.jsonl"), read_metrics(zero2_run / "metrics.jsonl")
+    assert sorted(compiled) == list(range(1, 9))
+    torch.testing.assert_close(torch.tensor([compiled[s]["loss"] for s in range(1, 9)]),
+                               torch.tensor([reference[s]["loss"] for s in range(1, 9)]), rtol=1e-5, atol=1e-6)

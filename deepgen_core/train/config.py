@@ -51,6 +51,12 @@ class ModelConfig:
     tiny_seed: int = field(default=0, metadata={"help": "seed of the random weights of source='tiny'"})
     attn_implementation: str | None = field(default=None, metadata={"help": "VLM/connector attention backend (default: flash-attn on GPU when installed, else sdpa)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations of the DiT and VLM layers in backward (less memory, ~30% slower)"})
+    compile: bool | str = field(default=False, metadata={"help": "torch.compile for training: false, or 'regional': each DiT block, the parts of each VLM decoder layer (attention with the LoRA, MLP, norms) and the connector layers, dynamic shapes (modeling.compile_for_training). The first step compiles (minutes at real size); the steps then run fewer, fused kernels, equal to eager within float rounding. Combines with gradient_checkpointing, the VLM LoRA, DDP and DeepSpeed ZeRO-1/2; not with ZeRO-3, whose per-module parameter gathering breaks every compiled region"})
+    compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend of `compile`: 'inductor' (generated kernels); 'aot_eager' traces the same graphs and runs them with eager kernels (tests, debugging)"})
+
+    def __post_init__(self) -> None:
+        if self.compile not in (False, "regional"):
+            raise DeepGenInputError(f"model.compile must be false or 'regional', got {self.compile!r}.")
 
 
 @dataclass
@@ -194,6 +200,11 @@ class TrainConfig:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
+        if self.model.compile and deepspeed_zero_stage(self.distributed.deepspeed_config) == 3:
+            raise DeepGenInputError(
+                f"model.compile cannot be combined with DeepSpeed ZeRO-3 ({self.distributed.deepspeed_config}): ZeRO-3 gathers "
+                "each module's parameters in a hook that torch.compile must not trace, which breaks every compiled region. "
+                "Use ZeRO-2 (train/accelerate/zero2.json) or plain DDP, or set model.compile: false.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,6 +223,18 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"grad_accum": 3, "max_steps": 133_334, "train_transformer": True, "lora": {"enabled": True},
             "optim": {"lr": 5e-5, "warmup_steps": 1_334}, "data": {"task_cycle": (1, 2)}},
 }
+
+
+def deepspeed_zero_stage(path: str | None) -> int | None:
+    """The ZeRO stage a DeepSpeed JSON asks for (0 when it has no `zero_optimization`); None without a readable file
+    (the accelerator setup reports a missing one)."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise DeepGenInputError(f"DeepSpeed config {path!r} is not valid JSON: {exc}") from exc
+    return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -31,7 +31,7 @@ from ..loading import (
     load_state_checked,
     save_converted,
 )
-from .modeling import DeepGenTrainModel
+from .modeling import DeepGenTrainModel, detach_lora
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +58,9 @@ def lora_pairs(vlm: nn.Module) -> tuple[dict[str, dict[str, torch.Tensor]], floa
 
 def plain_vlm(vlm: nn.Module) -> nn.Module:
     """A copy of the VLM without peft layers and with the LoRA merged: W + (alpha/r) B A (notes §1.8)."""
-    from peft.tuners.lora import LoraLayer
-
     pairs, alpha = lora_pairs(vlm)
     clean = copy.deepcopy(vlm)
-    for name, module in list(clean.named_modules()):
-        if isinstance(module, LoraLayer):
-            parent_name, _, child = name.rpartition(".")
-            setattr(clean.get_submodule(parent_name) if parent_name else clean, child, module.get_base_layer())
-    if hasattr(clean, "peft_config"):
-        del clean.peft_config
-        clean._hf_peft_config_loaded = False
+    detach_lora(clean)
     merge_vlm_lora(clean, pairs, alpha=alpha)
     return clean
 

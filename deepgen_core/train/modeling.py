@@ -243,7 +243,50 @@ def attach_lora(encoder: DeepGenEncoder, settings: LoraSettings) -> int:
     return sum(p.numel() for p in params)
 
 
+def detach_lora(vlm: nn.Module) -> None:
+    """Remove the peft LoRA layers of `vlm` in place: every wrapped module is its base layer again and the
+    adapters are dropped, not merged (`export.plain_vlm` merges them into a copy)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(vlm.named_modules()):
+        if isinstance(module, LoraLayer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(vlm.get_submodule(parent_name) if parent_name else vlm, child, module.get_base_layer())
+    if hasattr(vlm, "peft_config"):
+        del vlm.peft_config
+        vlm._hf_peft_config_loaded = False
+
+
 def enable_gradient_checkpointing(model: DeepGenTrainModel) -> None:
     model.transformer.enable_gradient_checkpointing()
     # Non-reentrant: the VLM's inputs (think tokens) need gradients through frozen layers.
     model.encoder.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_for_training(model: DeepGenTrainModel, mode: str = "regional", **compile_kwargs) -> dict[str, int]:
+    """`torch.compile` the modules that run with gradients, in place, per region (`model.compile`).
+
+    The DiT's transformer blocks (diffusers' `compile_repeated_blocks`), the parts of every VLM decoder layer
+    (attention with the peft LoRA, MLP, norms) and the connector layers; everything else (embeddings, masks,
+    M-RoPE positions, the frozen vision tower and VAE, the loss) stays eager. Call it after the LoRA is attached,
+    checkpoints are imported and gradient checkpointing is enabled, and before DDP / DeepSpeed wrap the model:
+    the compiled regions then sit inside the checkpointed ones, parameter names and state dicts are unchanged,
+    and deep copies (the export's merged VLM) are uncompiled. The first step compiles (shapes are dynamic: one
+    compile serves every prompt length and batch size); later steps equal the eager ones within float rounding.
+
+    Args:
+        model: the train model, stage already applied.
+        mode: "regional" (the only mode).
+        compile_kwargs: passed to `torch.compile`, e.g. `backend="aot_eager"` (tests) or `mode=`.
+
+    Returns:
+        Compiled module counts: `transformer_blocks`, `vlm_layer_parts`, `connector_layers`.
+    """
+    from ..acceleration import compile_encoder_for_training, compile_transformer
+
+    if mode != "regional":
+        raise DeepGenInputError(f"training compile mode must be 'regional', got {mode!r}.")
+    compile_transformer(model.transformer, "regional", **compile_kwargs)
+    counts = {"transformer_blocks": len(model.transformer.transformer_blocks), **compile_encoder_for_training(model.encoder, **compile_kwargs)}
+    logger.info("torch.compile (%s, %s): %s", mode, compile_kwargs.get("backend", "inductor"), counts)
+    return counts

@@ -8,6 +8,7 @@ losses exactly (bitwise on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from .metrics import MetricsLog, render_samples
 from .modeling import (
     DeepGenTrainModel,
     build_components,
+    compile_for_training,
     draw_step_noise,
     enable_gradient_checkpointing,
 )
@@ -64,8 +66,8 @@ class Trainer:
     Args:
         config: the validated stage config.
         dataset: optional dataset override (tests, benchmarks); default: `MixedDataset(config.data)`.
-        model: optional pre-built model with the stage already applied (benchmarks); default: built from
-            `config.model` by `build_model`.
+        model: optional pre-built model with the stage already applied (benchmarks), used as given (no
+            gradient checkpointing or compile applied); default: built from `config.model` by `build_model`.
     """
 
     def __init__(self, config: TrainConfig, dataset: MixedDataset | None = None, model: DeepGenTrainModel | None = None) -> None:
@@ -91,6 +93,8 @@ class Trainer:
             import_checkpoint(model, cfg.model.init_checkpoint, lora_alpha=cfg.lora.alpha)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if cfg.model.compile:  # after the LoRA, the import and the checkpointing; before DDP / DeepSpeed wrap it
+            compile_for_training(model, cfg.model.compile, backend=cfg.model.compile_backend)
         return model.to(self.accelerator.device).train()
 
     def _batches(self, start: int, model) -> Iterator[dict[str, Any]]:
@@ -199,8 +203,12 @@ class Trainer:
                                                           "micro_batch_size": cfg.micro_batch_size, "deepspeed": is_deepspeed(self.accelerator)})
         log = cfg.logging
         if log.sample_every and step % log.sample_every == 0 and self.accelerator.is_main_process:
-            render_samples(self.accelerator.unwrap_model(model), log.sample_prompts, log.sample_steps, log.sample_size, cfg.seed,
-                           self.out / "samples", step, self.accelerator)
+            # Compiled training renders eagerly: inference graphs would join the training ones of the same block code
+            # (mask / no mask x three DiT block kinds) past dynamo's recompile limit of 8, a hard error with fullgraph.
+            eager = torch.compiler.set_stance("force_eager") if cfg.model.compile else contextlib.nullcontext()
+            with eager:
+                render_samples(self.accelerator.unwrap_model(model), log.sample_prompts, log.sample_steps, log.sample_size, cfg.seed,
+                               self.out / "samples", step, self.accelerator)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, model) -> Path | None:

@@ -130,6 +130,8 @@ class RLConfig:
             raise DeepGenInputError("give rewards.datasets (a prompt/reward YAML) or both rewards.prompts and rewards.weights.")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
+        if self.model.compile:
+            raise DeepGenInputError("model.compile applies to stages 1 and 2; the RL trainer does not compile the policy: set model.compile: false.")
 
     @property
     def images_per_step(self) -> int:
