@@ -143,7 +143,7 @@ class _Stage2Model:
 
 
 def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, compile: bool = False,
-                precision: str = "autocast", runs: int = 5) -> dict:
+                precision: str = "autocast", runs: int = 5, profile: bool = False) -> dict:
     """Samples/s and model-FLOP utilisation of the project's stage-2 step (see the module docstring).
 
     Args:
@@ -153,13 +153,14 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
         compile: `compile_for_training` (inductor, regional, dynamic); the first call compiles.
         precision: "autocast" (fp32 master weights, bf16 autocast) or "bf16" (bf16 weights and AdamW states).
         runs: timed steps after 2 warm-up steps.
+        profile: also profile one more step (`profile_step`: GPU busy time, top kernels and host ops).
     """
     if precision not in ("autocast", "bf16"):
         raise ValueError(f"precision must be 'autocast' or 'bf16', got {precision!r}.")
     state = _Stage2Model(pipe)
     try:
         model = state.build(precision, checkpointing, compile)
-        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs)
+        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs, profile)
         row.update(trainable=state.trainable, compiled=state.compiled)
         del model
     finally:
@@ -171,7 +172,7 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
     return row
 
 
-def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int) -> dict:
+def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int, profile: bool = False) -> dict:
     """2 warm-up steps (the first compiles), then `runs` timed steps (each synchronised), as `Trainer._optimizer_step`."""
     batch = _cached_batch(model, micro_batch, size)
     device_type = model.transformer.device.type
@@ -199,11 +200,34 @@ def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autoc
     # The suite's pipe may already hold the inference fast path's DiT graphs: room for those and the training ones.
     with torch.compiler.set_stance("default" if compile else "force_eager"), torch._dynamo.config.patch(recompile_limit=32):
         times, first = timed(step, runs, warmup=2)
+        profiled = profile_step(step) if profile else None
     median = statistics.median(times)
-    return {"s_per_step": median, "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
+    extra = {"profile": profiled} if profiled else {}
+    return {**extra, "s_per_step": median, "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
             "samples_per_s": micro_batch / median, "tflops": flops / median / 1e12, "mfu_pct": 100 * flops / median / (PEAK_TFLOPS * 1e12),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "n_txt": n_txt, "tflop_per_step": flops / 1e12,
             "losses_finite": all(math.isfinite(float(v)) for v in losses)}
+
+
+def profile_step(step, top: int = 15) -> dict:
+    """One step under torch.profiler: wall time, summed GPU kernel time (busy), the top kernels by GPU time and the
+    top host ops by self CPU time (where an under-used GPU waits)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = sorted((e for e in events if e.device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.device_time_total, reverse=True)
+    host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    busy = sum(e.device_time_total for e in kernels) / 1e6
+    return {"wall_s": wall, "gpu_busy_s": busy, "kernel_launches": sum(e.count for e in kernels),
+            "top_kernels": [{"name": e.key[:100], "ms": e.device_time_total / 1e3, "calls": e.count} for e in kernels[:top]],
+            "top_host_ops": [{"name": e.key[:100], "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in host[:top]]}
 
 
 def rl_rollout(pipe, group: int = 8, size: int = 512, steps: int = 50, runs: int = 5) -> dict:
@@ -265,6 +289,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no new variant after this many seconds")
     parser.add_argument("--compile-cache", type=Path, default=None, help="load (if present) and save torch compile artefacts here")
+    parser.add_argument("--profile", action="store_true", help="also profile one step per variant (GPU busy time, top kernels and host ops)")
     args = parser.parse_args()
     names = [n for n in args.variants.split(",") if n]
     if unknown := sorted(set(names) - set(STAGE2_VARIANTS)):
@@ -286,7 +311,7 @@ def main() -> None:
             results["skipped"].append(name)
             continue
         try:
-            results["variants"][name] = row = stage2_step(pipe, args.micro_batch, args.size, runs=args.runs, **STAGE2_VARIANTS[name])
+            results["variants"][name] = row = stage2_step(pipe, args.micro_batch, args.size, runs=args.runs, profile=args.profile, **STAGE2_VARIANTS[name])
             logger.info("%s: %.3f s/step, first call %.1f s, MFU %.1f%%, peak %.1f GiB", name, row["s_per_step"], row["first_call_s"], row["mfu_pct"], row["peak_gib"])
         # Exception, not a list: dynamo and inductor raise classes outside RuntimeError, and one failed variant must
         # not lose the others of a scarce device run.
