@@ -204,11 +204,6 @@ class Bench:
         for s in first:
             self.run(s, "fast, static-shape compile (one compile per shape)", runs=self.args.runs)
 
-    def train_compiled(self) -> None:
-        """Stage-2 step with the DiT blocks compiled (regional, dynamic; compiled here under autograd)."""
-        self.pipe.enable_fast_path(cuda_graphs=True, compile="regional")
-        self.extra["stage2_step_ckpt_off_compiled"] = stage2_step(self.pipe, checkpointing=False, runs=3)
-
     def backends(self) -> None:
         self.extra["attention_ops"] = attention_backends(self.pipe.transformer.config)
         s = self.scenarios[0]
@@ -240,7 +235,6 @@ def main() -> None:
     parser.add_argument("--phases", default="baseline,eager_and_graphs,backends,fast,offload_probe,memory,fast_variants,training", help="fp8 is also available")
     parser.add_argument("--baseline-runs", type=int, default=3)
     parser.add_argument("--baseline-all", action="store_true", help="also run the 40 s baseline of t2i_1024_b4 (and 5 fast runs of it)")
-    parser.add_argument("--train-compiled", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
