@@ -368,7 +368,7 @@ class DeepGenPipeline(FastPathMixin):
         else:
             branches = [(e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
-        modulations = [self.modulation_schedule(timesteps[:num_inference_steps], pooled) for _, pooled, _ in branches]
+        modulations = [self.modulation_schedule(timesteps, pooled) for _, pooled, _ in branches]
         for i in range(num_inference_steps):
             outputs = []
             for (context, pooled, copies), modulation in zip(branches, modulations):
