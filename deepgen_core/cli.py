@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate or edit an image")
     gen.add_argument("--prompt", required=True, help="the prompt or edit instruction (may be empty)")
     gen.add_argument("--image", action="append", default=[], help="reference image for editing (repeat for several)")
-    gen.add_argument("--negative-prompt", default=None, help="default: '' for text-to-image, the reference's quality negative for edits")
+    gen.add_argument("--negative-prompt", default=None, help="default: '' for text-to-image; for edits the model's default (the reference's quality negative for DeepGen 1.0, '' for DeepGen-Tiny)")
     gen.add_argument("--out", default="deepgen.png", help="output PNG path (several images get _0, _1, ... suffixes)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)

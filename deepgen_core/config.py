@@ -62,6 +62,10 @@ class DeepGenConfig:
         max_text_length: training-time left truncation of the prompt (reference notes §2.2); inference never truncates.
         default_image_size: output side when neither the size nor a single reference image fixes it (reference:
             512; DeepGen-Tiny: 128, the size it was trained at).
+        edit_negative_prompt: the negative prompt of an edit when the caller gives none; None means the reference's
+            quality negative (`DEFAULT_EDIT_NEGATIVE_PROMPT`, notes §4.1). DeepGen-Tiny uses '': it is trained with
+            edit-instruction dropout, so "the input image, no instruction" is its unconditional edit branch, while
+            the long negative is text it never saw.
     """
 
     num_think_tokens: int = 128
@@ -74,6 +78,7 @@ class DeepGenConfig:
     joint_attention_dim: int = 4096
     max_text_length: int = 1024
     default_image_size: int = 512
+    edit_negative_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.connector, dict):
@@ -96,6 +101,11 @@ class DeepGenConfig:
         """
         rule = range(self.vlm_num_hidden_layers - 1, 0, -self.scb_layer_stride)
         return tuple(rule)[: self.scb_num_layers]
+
+    @property
+    def default_edit_negative(self) -> str:
+        """The negative prompt an edit uses when none is given (see `edit_negative_prompt`)."""
+        return DEFAULT_EDIT_NEGATIVE_PROMPT if self.edit_negative_prompt is None else self.edit_negative_prompt
 
     @property
     def scb_input_dim(self) -> int:

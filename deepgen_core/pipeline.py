@@ -17,7 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
+from .config import DeepGenConfig
 from .errors import DeepGenInputError
 from .fast_path import FastPathMixin, uses_component
 from .image_processing import (
@@ -430,7 +430,8 @@ class DeepGenPipeline(FastPathMixin):
             prompt: one prompt or a list; an empty string is valid.
             image: references: one PIL image, a list shared by all prompts, or one list per prompt. Resized by
                 `reference_resize` ('dynamic': longer side to `reference_size` if larger, sides rounded up to 32).
-            negative_prompt: default `''` for text-to-image and the reference's long quality negative for edits.
+            negative_prompt: default `''` for text-to-image; for edits the model config's `default_edit_negative` (the
+                reference's long quality negative; '' for DeepGen-Tiny).
             height, width: output size, multiples of 16. Default: the (resized) reference size for a single
                 reference, else the model config's `default_image_size` (512; DeepGen-Tiny 128).
             num_inference_steps, guidance_scale, shift: Euler steps, CFG scale (> 1 enables CFG), scheduler shift
@@ -454,7 +455,7 @@ class DeepGenPipeline(FastPathMixin):
         height = default if height is None else height
         width = default if width is None else width
         self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type)
-        default_negative = DEFAULT_EDIT_NEGATIVE_PROMPT if ref_pixels is not None else ""
+        default_negative = self.encoder.config.default_edit_negative if ref_pixels is not None else ""
         negatives = self._negatives(negative_prompt, default_negative, len(prompts))
         try:
             return self._run(prompts, negatives, ref_pixels, reference_latents, height, width, num_inference_steps, guidance_scale, shift, num_images_per_prompt, generator, latents, reference_latent_mode, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs)

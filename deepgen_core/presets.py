@@ -109,7 +109,7 @@ def deepgen_tiny_config() -> DeepGenConfig:
     return DeepGenConfig(
         num_think_tokens=16, vlm_hidden_size=128, vlm_num_hidden_layers=6, scb_layer_stride=2, scb_num_layers=3,
         connector=ConnectorConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4),
-        pooled_projection_dim=128, joint_attention_dim=128, default_image_size=TINY_IMAGE_SIZE,
+        pooled_projection_dim=128, joint_attention_dim=128, default_image_size=TINY_IMAGE_SIZE, edit_negative_prompt="",
     )
 
 

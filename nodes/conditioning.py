@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT
 from ..deepgen_core.errors import DeepGenInputError
 from ..deepgen_core.image_processing import (
     channels_last_to_pil,
@@ -41,7 +40,7 @@ class DeepGenVLMEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, dynamic_prompts=True, tooltip="What to generate, or the edit instruction."),
                 io.String.Input("negative_prompt", multiline=True, default="", tooltip="Negative prompt for CFG. Empty with references: DeepGen's default edit negative is used (see `default_edit_negative`)."),
                 *images,
-                io.Boolean.Input("default_edit_negative", default=True, optional=True, tooltip="With references and an empty negative prompt, use the reference implementation's quality negative prompt."),
+                io.Boolean.Input("default_edit_negative", default=True, optional=True, tooltip="With references and an empty negative prompt, use the model's default edit negative: the reference implementation's quality negative prompt for DeepGen 1.0, none for DeepGen-Tiny."),
                 *_resize_inputs(),
             ],
             outputs=[
@@ -55,9 +54,9 @@ class DeepGenVLMEncode(io.ComfyNode):
                 default_edit_negative: bool = True, reference_resize: str = "dynamic", reference_size: int = 512) -> io.NodeOutput:
         batches = [(i, b) for i, b in enumerate((image_1, image_2, image_3, image_4), start=1) if b is not None]
         images = [img for i, batch in batches for img in channels_last_to_pil(batch, name=f"image_{i}")]
-        if images and not negative_prompt and default_edit_negative:
-            negative_prompt = DEFAULT_EDIT_NEGATIVE_PROMPT
         encoder = model.encoder.model.inner
+        if images and not negative_prompt and default_edit_negative:
+            negative_prompt = encoder.config.default_edit_negative
         tokens = 512 + sum(img.width * img.height for img in images) // (28 * 28)
         pipe = model.pipeline(model.encoder, memory_required=activation_estimate(2 * tokens, encoder.config.vlm_hidden_size, encoder.think_tokens.dtype))
         pixels = pipe.prepare_reference_pixels(images or None, 1, reference_resize, reference_size)

@@ -100,6 +100,7 @@ class DataConfig:
     resize: str = field(default="fix_pixels", metadata={"help": "resize policy of training images: fix_pixels (area ~ image_size^2, sides ceil to 32), dynamic, none"})
     image_size: int = field(default=512, metadata={"help": "resize size (reference: 512)"})
     prompt_dropout: float = field(default=0.1, metadata={"help": "text-to-image captions replaced by '' with this probability (reference: 0.1)"})
+    edit_prompt_dropout: float = field(default=0.0, metadata={"help": "edit instructions replaced by '' with this probability, the references kept (reference: 0, it drops only text-to-image captions). Non-zero trains the 'input image, no instruction' branch that classifier-free guidance of an edit subtracts with an empty negative prompt"})
     max_references: int | None = field(default=None, metadata={"help": "edit references used per sample: None = all (multi-reference), 1 = the reference code's behaviour (§9.6)"})
     min_side: int = field(default=80, metadata={"help": "reject images with a side <= this (reference: 80)"})
     max_aspect: float = field(default=10.0, metadata={"help": "reject images with aspect outside (1/max, max) (reference: 10)"})
@@ -112,8 +113,9 @@ class DataConfig:
         self.task_cycle = tuple(self.task_cycle)
         if len(self.task_cycle) != 2 or min(self.task_cycle) < 0 or sum(self.task_cycle) == 0:
             raise DeepGenInputError(f"data.task_cycle must be two counts (image2image, text2image), not both 0; got {self.task_cycle}.")
-        if not 0 <= self.prompt_dropout < 1:
-            raise DeepGenInputError(f"data.prompt_dropout must be in [0, 1), got {self.prompt_dropout}.")
+        for name in ("prompt_dropout", "edit_prompt_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DeepGenInputError(f"data.{name} must be in [0, 1), got {getattr(self, name)}.")
 
 
 @dataclass
@@ -173,6 +175,7 @@ class TrainConfig:
     micro_batch_size: int = field(default=4, metadata={"help": "samples per micro-batch per process (reference: 4)"})
     grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimizer step (reference: 4 pre-train, 3 SFT)"})
     max_steps: int = field(default=50_000, metadata={"help": "optimizer steps (reference 200k / 400k iterations of micro-batches = 50k / 133k steps)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget of the training loop in minutes (0: none): past it the run ends at the next step as if max_steps were reached (checkpoint, export), e.g. for time-limited jobs; a re-run resumes from that checkpoint and goes on to max_steps. The learning-rate schedule still follows max_steps"})
     train_transformer: bool = field(default=False, metadata={"help": "train the whole DiT (stage 2; in stage 1 only for a DiT trained from scratch, as DeepGen-Tiny's recipe does)"})
     train_vlm_text: bool = field(default=False, metadata={"help": "stage 1 only: also train the VLM's text model in full, for a VLM without language pretraining (DeepGen-Tiny); the reference keeps it frozen"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model to train"})
@@ -192,6 +195,8 @@ class TrainConfig:
             raise DeepGenInputError(f"stage must be one of {sorted(STAGE_DEFAULTS)}, got {self.stage!r}.")
         if self.micro_batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise DeepGenInputError("micro_batch_size, grad_accum and max_steps must be >= 1.")
+        if self.max_minutes < 0:
+            raise DeepGenInputError(f"max_minutes must be >= 0 (0: no time budget), got {self.max_minutes}.")
         if self.stage == "pretrain" and self.lora.enabled:
             raise DeepGenInputError("stage 'pretrain' does not train the VLM: set lora.enabled: false, or use stage 'sft'.")
         if self.train_vlm_text and self.stage != "pretrain":

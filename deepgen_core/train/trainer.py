@@ -129,12 +129,17 @@ class Trainer:
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
         result = TrainResult(self.out, step)
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.stage}", disable=not (acc.is_main_process and cfg.logging.progress_bar))
-        while step < cfg.max_steps:
+        deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes else None
+        last = cfg.max_steps
+        while step < last:
             started = time.perf_counter()
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             values = self._optimizer_step(model, optimizer, batches)
             scheduler.step()
             step += 1
+            if deadline is not None and step < last and self._out_of_time(deadline):
+                logger.warning("max_minutes (%g) reached at step %d of %d: saving and exporting; a re-run resumes from here", cfg.max_minutes, step, cfg.max_steps)
+                last = step
             consumed += cfg.grad_accum
             values.update(lr=lr, samples_per_s=cfg.micro_batch_size * cfg.grad_accum * self.world / (time.perf_counter() - started))
             result.losses.append(values["loss"])
@@ -142,9 +147,9 @@ class Trainer:
             metrics.add(**{k: v for k, v in values.items() if isinstance(v, float)})
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{values['samples_per_s']:.1f}")
-            if step % cfg.logging.log_every == 0 or step == cfg.max_steps:
+            if step % cfg.logging.log_every == 0 or step == last:
                 metrics.flush(step)
-            self._periodic(step, model, optimizer, scheduler, ckpt, consumed)
+            self._periodic(step, model, optimizer, scheduler, ckpt, consumed, final=step == last)
         bar.close()
         result.step = step
         result.export_dir = self._finish(model)
@@ -158,8 +163,9 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             seed = derived_seed(cfg.seed, batch["index"], self.rank)
-            if batch["task"] == "text2image":
-                batch["texts"] = apply_prompt_dropout(batch["texts"], cfg.data.prompt_dropout, random.Random(seed))
+            dropout = cfg.data.prompt_dropout if batch["task"] == "text2image" else cfg.data.edit_prompt_dropout
+            if dropout:
+                batch["texts"] = apply_prompt_dropout(batch["texts"], dropout, random.Random(seed))
             noise = draw_step_noise(unwrapped, batch, torch.Generator().manual_seed(seed))
             torch.manual_seed(seed)  # LoRA dropout draws from the global generator
             with acc.accumulate(model):
@@ -195,10 +201,15 @@ class Trainer:
             logger.warning("resuming with a different world size or batch size: the data order will differ from the original run")
         return state
 
-    def _periodic(self, step: int, model, optimizer, scheduler, ckpt: CheckpointManager, consumed: int) -> None:
+    def _out_of_time(self, deadline: float) -> bool:
+        """Past the wall-clock budget, as the main process sees it (every rank stops at the same step)."""
+        late = torch.tensor(float(time.monotonic() >= deadline), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(late, "max").item())
+
+    def _periodic(self, step: int, model, optimizer, scheduler, ckpt: CheckpointManager, consumed: int, final: bool = False) -> None:
         cfg = self.config
         every = cfg.checkpoint.save_every
-        if (every and step % every == 0) or (step == cfg.max_steps and cfg.checkpoint.save_at_end):
+        if (every and step % every == 0) or (final and cfg.checkpoint.save_at_end):
             ckpt.save(step, model, optimizer, scheduler, {"consumed_micro_batches": consumed, "stage": cfg.stage,
                                                           "micro_batch_size": cfg.micro_batch_size, "deepspeed": is_deepspeed(self.accelerator)})
         log = cfg.logging

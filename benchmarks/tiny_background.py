@@ -1,0 +1,161 @@
+"""DeepGen-Tiny training variants that run in the background of a device machine across several device calls.
+
+A device call lasts at most 10 minutes, but a machine stays held while calls keep coming, and a process started
+in its own session (`setsid`) outlives the call that started it. So one call starts the variants, later calls poll
+them, and the last one evaluates every variant's export on the held-out split and copies the results to OUT:
+
+    python3 benchmarks/tiny_background.py start --seed-model .devcarry/s2prev --variant 'v1:sft:micro_batch_size=1024' ...
+    python3 benchmarks/tiny_background.py poll --wait 540
+    python3 benchmarks/tiny_background.py finish --out-dir $OUT
+
+A variant is `NAME:STAGE:OVERRIDE;OVERRIDE;...` over the shipped tiny recipe of that stage (`sft` -> stage2.yaml,
+`pretrain` -> stage1.yaml); its model source defaults to the seed model. Everything lives under --root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"sft": "stage2.yaml", "pretrain": "stage1.yaml"}
+
+
+def start(args: argparse.Namespace) -> None:
+    from deepgen_core.tiny_world import write_dataset
+
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load((REPO / "train/recipes/tiny/data.yaml").read_text())
+    if not (root / "data" / "edit.json").is_file():
+        began = time.perf_counter()
+        n = {k: max(1, int(data[k] * args.data_scale)) for k in ("n_t2i", "n_edit", "n_text")}
+        write_dataset(root / "data", **n, seed=data["seed"],
+                      size=data["size"], workers=os.cpu_count() or 1)
+        print(f"data written in {time.perf_counter() - began:.0f} s", flush=True)
+    for spec in args.variant:
+        name, stage, overrides = (spec.split(":", 2) + [""])[:3]
+        folder = root / name
+        folder.mkdir(exist_ok=True)
+        recipe = (REPO / "train/recipes/tiny" / RECIPES[stage]).read_text().replace("{run}", str(root))
+        (folder / "recipe.yaml").write_text(recipe)
+        items = [o for o in overrides.split(";") if o]
+        if not any(o.startswith("model.source=") for o in items):
+            items.append(f"model.source={args.seed_model}")
+        items += [f"checkpoint.output_dir={folder}", f"data.num_workers={args.workers}"]
+        command = [sys.executable, "-m", "deepgen_core.cli", "train", stage, "--config", str(folder / "recipe.yaml"), *items]
+        (folder / "command.json").write_text(json.dumps(command))
+        log = open(folder / "train.log", "w")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        (folder / "pid").write_text(str(process.pid))
+        print(f"started {name} (pid {process.pid}): {' '.join(items)}", flush=True)
+
+
+def _variants(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if (p / "command.json").is_file())
+
+
+def _running(folder: Path) -> bool:
+    status = Path(f"/proc/{int((folder / 'pid').read_text())}/status")
+    return status.is_file() and "zombie" not in status.read_text()
+
+
+def _last_metrics(folder: Path) -> str:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return "no metrics yet"
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if not lines:
+        return "no metrics yet"
+    last = lines[-1]
+    keys = ("step", "loss", "loss/text2image", "loss/image2image", "samples_per_s", "lr")
+    return " ".join(f"{k}={last[k]:.4g}" if isinstance(last.get(k), float) else f"{k}={last.get(k)}" for k in keys if k in last)
+
+
+def poll(args: argparse.Namespace) -> None:
+    root = Path(args.root)
+    deadline = time.monotonic() + args.wait
+    while True:
+        running = [v for v in _variants(root) if _running(v)]
+        if not running or time.monotonic() >= deadline:
+            break
+        time.sleep(min(20.0, max(0.0, deadline - time.monotonic())))
+    for v in _variants(root):
+        state = "running" if _running(v) else ("done" if (v / "export" / "deepgen.json").is_file() else "STOPPED")
+        print(f"{v.name}: {state}: {_last_metrics(v)}", flush=True)
+        if state == "STOPPED":
+            print((v / "train.log").read_text()[-3000:], flush=True)
+
+
+def finish(args: argparse.Namespace) -> None:
+    import torch
+
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.tiny_world.evaluate import evaluate_edits, evaluate_t2i
+
+    root, out = Path(args.root), Path(args.out_dir)
+    poll(argparse.Namespace(root=args.root, wait=args.wait))
+    results = {}
+    for v in _variants(root):
+        export = v / "export"
+        if not (export / "deepgen.json").is_file():
+            continue
+        pipe = DeepGenPipeline.from_pretrained(export, torch_dtype=torch.float32).to("cuda")
+        settings = {"n": args.n, "steps": 20, "batch": 64, "cfg": 4.0}
+        row = {"t2i": evaluate_t2i(pipe, **settings)}
+        for label, negative, cfg in (("edit", None, 4.0), ("edit_empty_negative", "", 4.0), ("edit_cfg1", None, 1.0)):
+            call = pipe if negative is None else functools.partial(pipe, negative_prompt=negative)
+            row[label] = evaluate_edits(call, **{**settings, "cfg": cfg})
+        results[v.name] = row
+        print(v.name, json.dumps(row), flush=True)
+    (root / "eval.json").write_text(json.dumps(results, indent=1))
+    with tarfile.open(out / "results.tar", "w") as tar:
+        tar.add(root / "eval.json", arcname="eval.json")
+        for v in _variants(root):
+            for name in ("metrics.jsonl", "train.log", "command.json"):
+                if (v / name).is_file():
+                    tar.add(v / name, arcname=f"{v.name}/{name}")
+    for v in args.keep or []:
+        for name in ("deepgen-encoder.safetensors", "deepgen-transformer.safetensors", "deepgen.json"):
+            source = root / v / "export" / name
+            if source.is_file():
+                (out / v).mkdir(exist_ok=True)
+                shutil.copy(source, out / v / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="/tmp/tiny-bg")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("start")
+    s.add_argument("--seed-model", required=True, help="converted DeepGen folder the variants start from")
+    s.add_argument("--variant", action="append", required=True, help="NAME:STAGE:key=value;key=value")
+    s.add_argument("--workers", type=int, default=4)
+    s.add_argument("--data-scale", type=float, default=1.0, help="fraction of the recipe's dataset (a quick check)")
+    s.set_defaults(handler=start)
+    p = sub.add_parser("poll")
+    p.add_argument("--wait", type=float, default=540, help="seconds to wait at most for the variants to finish")
+    p.set_defaults(handler=poll)
+    f = sub.add_parser("finish")
+    f.add_argument("--out-dir", required=True)
+    f.add_argument("--wait", type=float, default=300)
+    f.add_argument("--n", type=int, default=64)
+    f.add_argument("--keep", action="append", help="variant whose export (encoder + transformer) goes to OUT")
+    f.set_defaults(handler=finish)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
