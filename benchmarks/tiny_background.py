@@ -7,6 +7,7 @@ them, and the last one evaluates every variant's export on the held-out split an
     python3 benchmarks/tiny_background.py start --seed-model .devcarry/s2prev --variant 'v1:sft:micro_batch_size=1024' ...
     python3 benchmarks/tiny_background.py poll --wait 540
     python3 benchmarks/tiny_background.py finish --out-dir $OUT
+    python3 benchmarks/tiny_background.py eval --tasks t2i,edit,text MODEL_FOLDER ...   (any time, any machine)
 
 A variant is `NAME:STAGE:OVERRIDE;OVERRIDE;...` over the shipped tiny recipe of that stage (`sft` -> stage2.yaml,
 `pretrain` -> stage1.yaml); its model source defaults to the seed model. Everything lives under --root.
@@ -134,6 +135,20 @@ def finish(args: argparse.Namespace) -> None:
                 shutil.copy(source, out / v / name)
 
 
+def evaluate(args: argparse.Namespace) -> None:
+    """Held-out metrics of model folders (a stage's export), one JSON line each."""
+    import torch
+
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.tiny_world.evaluate import evaluate_all
+
+    sizes = {task: (args.n if task in args.tasks.split(",") else 0) for task in ("t2i", "edit", "text")}
+    for folder in args.models:
+        pipe = DeepGenPipeline.from_pretrained(folder, torch_dtype=torch.float32).to("cuda" if torch.cuda.is_available() else "cpu")
+        results = evaluate_all(pipe, n_t2i=sizes["t2i"], n_edit=sizes["edit"], n_text=sizes["text"], steps=20, batch=64)
+        print(json.dumps({"model": folder, **results}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="/tmp/tiny-bg")
@@ -153,6 +168,11 @@ def main() -> None:
     f.add_argument("--n", type=int, default=64)
     f.add_argument("--keep", action="append", help="variant whose export (encoder + transformer) goes to OUT")
     f.set_defaults(handler=finish)
+    e = sub.add_parser("eval")
+    e.add_argument("models", nargs="+")
+    e.add_argument("--tasks", default="t2i,edit,text")
+    e.add_argument("--n", type=int, default=64)
+    e.set_defaults(handler=evaluate)
     args = parser.parse_args()
     args.handler(args)
 

@@ -60,3 +60,39 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path):
     (out / "package.done").unlink()
     again = run_tiny_recipe(run)
     assert again["stage1"] == records["stage1"] and (out / "package" / "deepgen.json").is_file()
+
+
+def _stage_recipe(folder: Path, max_steps: int, max_minutes: float, output_dir: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    data = {"max_steps": max_steps, "max_minutes": max_minutes, "checkpoint": {"output_dir": str(output_dir)}}
+    (folder / "stage2.yaml").write_text(yaml.safe_dump(data))
+
+
+def _checkpoint(output_dir: Path, step: int) -> None:
+    folder = output_dir / "checkpoints" / f"step-{step:08d}"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.json").write_text(json.dumps({"step": step}))
+
+
+def test_a_stage_stopped_by_its_time_budget_is_not_marked_done(tmp_path, monkeypatch):
+    """A stage that `max_minutes` ended before `max_steps` raises (so no `.done` marker: a re-run resumes it); one
+    that reached `max_steps` passes. Incomplete (`.tmp-*`) checkpoints do not count."""
+    from deepgen_core.train import tiny_recipe
+
+    recipes, stage_out = tmp_path / "recipes", tmp_path / "stage2"
+    _stage_recipe(recipes, max_steps=5, max_minutes=1.0, output_dir=stage_out)
+    run = TinyRun(tmp_path / "run", recipes, device="cpu")
+    monkeypatch.setattr(TinyRun, "deepgen", lambda self, *args: None)  # the training process itself is not run here
+    step = tiny_recipe.STEP_FUNCTIONS["stage2"]
+    _checkpoint(stage_out, 3)
+    (stage_out / "checkpoints" / ".tmp-step-00000005").mkdir()
+    assert tiny_recipe.finished_step(stage_out) == 3
+    with pytest.raises(RuntimeError, match="stopped at step 3 of 5"):
+        step(run)
+    with pytest.raises(RuntimeError, match="stopped at step 3"):
+        run_tiny_recipe(run, first="stage2", last="stage2")
+    assert not (run.out / "stage2.done").exists()
+    _checkpoint(stage_out, 5)
+    assert step(run) == {}
+    _stage_recipe(recipes, max_steps=9, max_minutes=0, output_dir=stage_out)  # no budget: the trainer ran to the end
+    assert step(run) == {}

@@ -104,9 +104,22 @@ def step_init(run: TinyRun) -> dict:
 def step_stage(stage: str, recipe: str) -> Callable[[TinyRun], dict]:
     def run_stage(run: TinyRun) -> dict:
         run.deepgen("train", stage, "--config", str(run.recipe(recipe)))
+        settings = run.settings(recipe)
+        if stage != "rl" and settings.get("max_minutes"):
+            reached = finished_step(Path(settings["checkpoint"]["output_dir"]))
+            if reached < settings["max_steps"]:  # the time budget ended it early: not done, a re-run resumes
+                raise RuntimeError(f"{recipe} stopped at step {reached} of {settings['max_steps']} (max_minutes); re-run to resume from that checkpoint.")
         return {}
 
     return run_stage
+
+
+def finished_step(output_dir: Path) -> int:
+    """The step of the newest complete training checkpoint under `output_dir` (0 without one)."""
+    from .checkpointing import STATE_FILE
+
+    steps = [json.loads(p.read_text())["step"] for p in (output_dir / "checkpoints").glob(f"step-*/{STATE_FILE}")]
+    return max(steps, default=0)
 
 
 STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3": "stage3/export"}
