@@ -56,9 +56,9 @@ def start(args: argparse.Namespace) -> None:
         items += [f"checkpoint.output_dir={folder}", f"data.num_workers={args.workers}"]
         command = [sys.executable, "-m", "deepgen_core.cli", "train", stage, "--config", str(folder / "recipe.yaml"), *items]
         (folder / "command.json").write_text(json.dumps(command))
-        log = open(folder / "train.log", "w")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        with open(folder / "train.log", "w") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
         (folder / "pid").write_text(str(process.pid))
         print(f"started {name} (pid {process.pid}): {' '.join(items)}", flush=True)
 
