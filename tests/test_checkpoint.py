@@ -113,9 +113,10 @@ def test_converted_files_are_self_describing(tmp_path, tiny_pipe):
 
 def test_edit_negative_prompt_config_and_its_round_trips(tmp_path):
     """`edit_negative_prompt`: None means the reference's long negative; it survives to_dict / from_dict (files
-    written before the field existed still load) and the converted format."""
+    written before the field existed still load), a declared config file, and the converted format."""
     import dataclasses
 
+    from deepgen_core.checkpoint import infer_config
     from deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
     from deepgen_core.loading import load_converted_encoder
     from deepgen_core.pipeline import DeepGenPipeline
@@ -127,8 +128,10 @@ def test_edit_negative_prompt_config_and_its_round_trips(tmp_path):
     assert DeepGenConfig.from_dict(tiny.to_dict()) == tiny
     old = {k: v for k, v in tiny.to_dict().items() if k != "edit_negative_prompt"}
     assert DeepGenConfig.from_dict(old).default_edit_negative == DEFAULT_EDIT_NEGATIVE_PROMPT
+    # A declared config (deepgen_config.json, `config=`) keeps the fields the weights do not determine.
     components = tiny_components(seed=0)
     declared = dataclasses.replace(components.encoder.config, edit_negative_prompt="", default_image_size=128)
+    assert infer_config(components.encoder.state_dict(), declared.vlm_num_hidden_layers, declared) == declared
     components.encoder.config = declared
     files = DeepGenPipeline.from_components(components).save_converted(tmp_path / "out", torch.float32)
     _, encoder = load_converted_encoder(files["deepgen-encoder.safetensors"], torch.float32)
