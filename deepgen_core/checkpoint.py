@@ -283,6 +283,8 @@ def infer_config(encoder_sd: dict[str, torch.Tensor], vlm_num_hidden_layers: int
         pooled_projection_dim=pooled.shape[0],
         joint_attention_dim=context.shape[0],
         max_text_length=declared.get("max_text_length", defaults.max_text_length),
+        default_image_size=declared.get("default_image_size", defaults.default_image_size),
+        edit_negative_prompt=declared.get("edit_negative_prompt", defaults.edit_negative_prompt),
     )
     got = inferred.to_dict()
     diffs = [f"{k}: config {v} vs weights {got[k]}" for k, v in declared.items() if k != "connector" and v != got[k]]

@@ -109,3 +109,30 @@ def test_converted_files_are_self_describing(tmp_path, tiny_pipe):
     assert tokenizer("a red circle")["input_ids"] == tiny_pipe.tokenizer("a red circle")["input_ids"]
     for (name, a), (_, b) in zip(sorted(encoder.state_dict().items()), sorted(tiny_pipe.encoder.state_dict().items())):
         assert torch.equal(a, b), name
+
+
+def test_edit_negative_prompt_config_and_its_round_trips(tmp_path):
+    """`edit_negative_prompt`: None means the reference's long negative; it survives to_dict / from_dict (files
+    written before the field existed still load), a declared config file, and the converted format."""
+    import dataclasses
+
+    from deepgen_core.checkpoint import infer_config
+    from deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT, DeepGenConfig
+    from deepgen_core.loading import load_converted_encoder
+    from deepgen_core.pipeline import DeepGenPipeline
+    from deepgen_core.presets import deepgen_tiny_config, tiny_components
+
+    assert DeepGenConfig().default_edit_negative == DEFAULT_EDIT_NEGATIVE_PROMPT
+    tiny = deepgen_tiny_config()
+    assert tiny.edit_negative_prompt == "" and tiny.default_edit_negative == ""
+    assert DeepGenConfig.from_dict(tiny.to_dict()) == tiny
+    old = {k: v for k, v in tiny.to_dict().items() if k != "edit_negative_prompt"}
+    assert DeepGenConfig.from_dict(old).default_edit_negative == DEFAULT_EDIT_NEGATIVE_PROMPT
+    # A declared config (deepgen_config.json, `config=`) keeps the fields the weights do not determine.
+    components = tiny_components(seed=0)
+    declared = dataclasses.replace(components.encoder.config, edit_negative_prompt="", default_image_size=128)
+    assert infer_config(components.encoder.state_dict(), declared.vlm_num_hidden_layers, declared) == declared
+    components.encoder.config = declared
+    files = DeepGenPipeline.from_components(components).save_converted(tmp_path / "out", torch.float32)
+    _, encoder = load_converted_encoder(files["deepgen-encoder.safetensors"], torch.float32)
+    assert encoder.config.edit_negative_prompt == "" and encoder.config == declared

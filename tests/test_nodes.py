@@ -241,6 +241,30 @@ def test_embedded_model_with_its_own_dit_and_vae_matches_the_pipeline(pack, embe
 # ------------------------------------------------------------------------------------------------ errors
 
 
+def test_vlm_encode_default_edit_negative_comes_from_the_model_config(pack, loaded, monkeypatch):
+    """With references and an empty negative, the node uses the model config's `default_edit_negative`."""
+    import dataclasses
+
+    model, _ = loaded
+    pipeline_class, seen = pack.deepgen_core.pipeline.DeepGenPipeline, []
+    original = pipeline_class.encode_prompt
+
+    def encode_prompt(self, prompts, negative_prompts, *args, **kwargs):
+        seen.append(list(negative_prompts))
+        return original(self, prompts, negative_prompts, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "encode_prompt", encode_prompt)
+    encoder, image = model.encoder.model.inner, torch.rand(1, 32, 32, 3)
+    for edit_negative in (None, "", "washed out"):
+        monkeypatch.setattr(encoder, "config", dataclasses.replace(encoder.config, edit_negative_prompt=edit_negative))
+        _encode(pack, model, prompt="make it blue", image_1=image)
+    _encode(pack, model, prompt="make it blue", negative="a red square", image_1=image)
+    _encode(pack, model, prompt="make it blue", image_1=image, default_edit_negative=False)
+    _encode(pack, model)  # text-to-image
+    long = pack.deepgen_core.config.DEFAULT_EDIT_NEGATIVE_PROMPT
+    assert seen == [[long], [""], ["washed out"], ["a red square"], [""], [""]]
+
+
 def test_bad_inputs_give_clear_errors(pack, loaded, comfy):
     model, vae = loaded
     positive, negative = _encode(pack, model)

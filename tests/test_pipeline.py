@@ -198,3 +198,33 @@ def test_cli_speed_switches_reach_the_pipeline(tmp_path, monkeypatch):
     cache = tmp_path / "compile.bin"
     assert main([*base, "--compile", "--compile-cache", str(cache), "--out", str(tmp_path / "fast.png")]) == 0
     assert seen == {"cuda_graphs": "auto", "compile": "regional", "fuse_projections": True, "fp8": False} and saved == [cache]
+
+
+@pytest.fixture
+def negatives_seen(monkeypatch, tiny_pipe) -> list[list[str]]:
+    """The negative prompts each `encode_prompt` call of `tiny_pipe` receives."""
+    seen: list[list[str]] = []
+    original = tiny_pipe.encode_prompt
+
+    def encode_prompt(prompts, negative_prompts, *args, **kwargs):
+        seen.append(list(negative_prompts))
+        return original(prompts, negative_prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe, "encode_prompt", encode_prompt)
+    return seen
+
+
+@pytest.mark.parametrize("edit_negative", [None, "", "washed out"])
+def test_edit_negative_default_comes_from_the_model_config(tiny_pipe, negatives_seen, monkeypatch, edit_negative):
+    import dataclasses
+
+    from deepgen_core.config import DEFAULT_EDIT_NEGATIVE_PROMPT
+
+    monkeypatch.setattr(tiny_pipe.encoder, "config", dataclasses.replace(tiny_pipe.encoder.config, edit_negative_prompt=edit_negative))
+    ref = Image.new("RGB", (32, 32), (200, 30, 30))
+    kwargs = {"num_inference_steps": 1, "generator": _gen(), "output_type": "latent"}
+    tiny_pipe(["make it blue", "make it green"], image=ref, **kwargs)
+    tiny_pipe("make it blue", image=ref, negative_prompt="a red square", **kwargs)  # an explicit negative wins
+    tiny_pipe("a red circle", height=32, width=32, **kwargs)  # text-to-image keeps '' whatever the edit default
+    default = DEFAULT_EDIT_NEGATIVE_PROMPT if edit_negative is None else edit_negative
+    assert negatives_seen == [[default, default], ["a red square"], [""]]

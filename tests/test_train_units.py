@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import REPO, reset_accelerate, tiny_data
+from train_helpers import REPO, reset_accelerate, tiny_config, tiny_data
 
 from deepgen_core.errors import DeepGenInputError
 from deepgen_core.train.config import (
@@ -43,6 +43,11 @@ def test_overrides_and_validation():
         SourceConfig(path="x.tar", format="tar")
     with pytest.raises(DeepGenInputError, match="key.sub=value"):
         load_config("sft", None, ["optim.lr"])
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(DeepGenInputError, match=f"data.edit_prompt_dropout must be in \\[0, 1\\), got {bad}"):
+            load_config("sft", None, [f"data.edit_prompt_dropout={bad}"])
+    assert load_config("sft", None, ["data.edit_prompt_dropout=0.5"]).data.edit_prompt_dropout == 0.5
+    assert build_config("sft").data.edit_prompt_dropout == 0.0  # the reference drops only text-to-image captions
 
 
 @pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "train" / "recipes").glob("*.yaml") if not p.stem.startswith("rl")), ids=lambda p: p.stem)
@@ -180,7 +185,41 @@ def test_bad_samples_are_replaced_and_counted(tmp_path):
         MixedDataset(tiny)[(0, 0, 0, "text2image")]
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
+class _TextRecorder(torch.nn.Module):
+    """Stands in for the train model in `Trainer._optimizer_step`: records each micro-batch's task and texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[str, list[str]]] = []
+
+    def forward(self, batch, noise):
+        self.seen.append((batch["task"], list(batch["texts"])))
+        return {"loss": self.weight**2 + 1.0}
+
+
+@pytest.mark.parametrize(("edit_dropout", "t2i_dropout"), [(0.99, 0.0), (0.0, 0.99)])
+def test_prompt_dropout_rate_follows_the_task(tmp_path, monkeypatch, edit_dropout, t2i_dropout):
+    """Edit instructions drop at `data.edit_prompt_dropout`, text-to-image captions at `data.prompt_dropout`."""
+    from deepgen_core.train import trainer as trainer_module
+
+    reset_accelerate()
+    overrides = {"grad_accum": 8, "data.task_cycle": "[1, 1]", "data.edit_prompt_dropout": edit_dropout, "data.prompt_dropout": t2i_dropout}
+    trainer = trainer_module.Trainer(tiny_config("sft", tiny_data(tmp_path / "data"), tmp_path / "run", **overrides))
+    monkeypatch.setattr(trainer_module, "draw_step_noise", lambda *args: None)
+    model, given = _TextRecorder(), []
+
+    def batches():
+        for batch in trainer._batches(0, model):
+            given.append((batch["task"], list(batch["texts"])))
+            yield batch
+
+    trainer._optimizer_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batches())
+    assert [task for task, _ in model.seen] == [task for task, _ in given] == ["image2image", "text2image"] * 4
+    for (task, texts), (_, original) in zip(model.seen, given):
+        assert all(original)
+        dropped = edit_dropout if task == "image2image" else t2i_dropout
+        assert texts == ([""] * len(original) if dropped else original), task
 
 
 def test_interrupted_save_never_leaves_a_valid_checkpoint(tmp_path, monkeypatch):
