@@ -202,7 +202,7 @@ class Trainer:
         return state
 
     def _out_of_time(self, deadline: float) -> bool:
-        """Past the wall-clock budget, as the main process sees it (every rank stops at the same step)."""
+        """Past the wall-clock budget on any rank (a max over the ranks, so that every rank stops at the same step)."""
         late = torch.tensor(float(time.monotonic() >= deadline), device=self.accelerator.device)
         return bool(self.accelerator.reduce(late, "max").item())
 
