@@ -87,6 +87,14 @@ def _load_rng(folder: Path, rank: int) -> None:
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete `step-*` checkpoint folders under `root` (those with their `checkpoint.json`), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_RE.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_RE.match(p.name)[1]))
+
+
 class CheckpointManager:
     """Writes, finds, loads and prunes checkpoints of one run.
 
@@ -103,10 +111,7 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if _STEP_RE.match(p.name) and (p / STATE_FILE).is_file()]
-        return sorted(found, key=lambda p: int(_STEP_RE.match(p.name)[1]))
+        return complete_checkpoints(self.root)
 
     def latest(self) -> Path | None:
         found = self.checkpoints()

@@ -116,10 +116,10 @@ def step_stage(stage: str, recipe: str) -> Callable[[TinyRun], dict]:
 
 def finished_step(output_dir: Path) -> int:
     """The step of the newest complete training checkpoint under `output_dir` (0 without one)."""
-    from .checkpointing import STATE_FILE
+    from .checkpointing import STATE_FILE, complete_checkpoints
 
-    steps = [json.loads(p.read_text())["step"] for p in (output_dir / "checkpoints").glob(f"step-*/{STATE_FILE}")]
-    return max(steps, default=0)
+    found = complete_checkpoints(output_dir / "checkpoints")
+    return json.loads((found[-1] / STATE_FILE).read_text())["step"] if found else 0
 
 
 STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3": "stage3/export"}
