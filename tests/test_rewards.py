@@ -51,6 +51,36 @@ def test_ocr_reads_rendered_text_and_skips_unquoted_prompts(ocr):
     assert explicit.scores == [1.0] and "WORLD" in explicit.details[0].upper()
 
 
+def test_parallel_ocr_reads_the_same_and_a_failing_image_is_not_scored(ocr):
+    words = ["HELLO", "WORLD", "OPEN", "SALE", "HELLO"]
+    images = [text_image(w) for w in words]
+    prompts = [f'a sign saying "{w.lower()}"' for w in words[:-1]] + ["no quotes here"]
+    parallel = OCRReward(workers=2, detection_side=320)
+    try:
+        assert parallel(images, prompts).scores == ocr(images, prompts).scores == [1.0, 1.0, 1.0, 1.0, None]
+        assert len(parallel._pool._processes) == 2  # read by two worker processes
+    finally:
+        parallel.close()
+
+    class Flaky:  # an engine that fails on one image
+        def __call__(self, image, use_cls):
+            if image.size == (321, 80):
+                raise RuntimeError("onnxruntime exploded")
+            return ocr._get_engine()(image, use_cls=use_cls)
+
+    serial = OCRReward()
+    serial._engine = Flaky()
+    images[1] = text_image("WORLD", size=(321, 80))
+    out = serial(images, prompts)
+    assert out.scores == [1.0, None, 1.0, 1.0, None] and out.failures == 1 and "exploded" in out.details[1]
+    with pytest.raises(RuntimeError, match="exploded"):
+        serial.recognize(images[1])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        OCRReward(workers=0)
+    with pytest.raises(ValueError, match="detection_side"):
+        OCRReward(detection_side=8)
+
+
 def test_simple_rewards_and_registry():
     white, red = Image.new("RGB", (4, 4), "white"), Image.new("RGB", (4, 4), (255, 0, 0))
     assert BrightnessReward()([white, Image.new("RGB", (4, 4))], ["", ""]).scores == [1.0, 0.0]

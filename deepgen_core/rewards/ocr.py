@@ -10,6 +10,8 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 from PIL import Image
 
@@ -61,8 +63,44 @@ def text_accuracy(recognized: str, target: str) -> float:
     return 1.0 - distance / len(tgt)
 
 
+_WORKER_ENGINE = None  # the rapidocr engine of a worker process (`OCRReward(workers > 1)`)
+
+
+def _build_engine(params: dict):
+    from rapidocr import RapidOCR  # heavy import, deferred until the first score
+
+    return RapidOCR(params=params)
+
+
+def _read(engine, image: Image.Image, use_cls: bool) -> str | Exception:
+    """All recognised text lines of `image`, concatenated, or the exception that one image raised."""
+    try:
+        # A PIL image tells rapidocr the channel order (it converts RGB to its BGR itself).
+        return "".join(engine(image.convert("RGB"), use_cls=use_cls).txts or ())
+    except (RuntimeError, ValueError, OSError) as exc:  # onnxruntime / decoding errors of one image
+        return exc
+
+
+def _init_worker(params: dict) -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = _build_engine(params)
+
+
+def _read_in_worker(job: tuple[Image.Image, bool]) -> str | Exception:
+    return _read(_WORKER_ENGINE, *job)
+
+
 class OCRReward:
     """OCR accuracy of the quoted prompt text. The engine is built on first use (CPU, offline models).
+
+    Args:
+        use_angle_classifier: run rapidocr's 0/180 degree classifier (the reference runs without one).
+        workers: with N > 1, the images of a batch are read by N worker processes (spawned, one engine each, one
+            operator thread each). RL rewards batches of 64-256 small images: one engine spreading every image over
+            all cores is several times slower than N engines side by side (`rewards.options: {ocr: {workers: 8}}`).
+        detection_side: the side rapidocr scales an image's shorter side to before text detection (its default
+            736). A 128 px tiny-world image read at 320 gives the same words about 4x faster (the RL recipe's
+            setting; the held-out evaluation keeps the default).
 
     Example::
 
@@ -71,25 +109,53 @@ class OCRReward:
 
     name = "ocr"
 
-    def __init__(self, use_angle_classifier: bool = False) -> None:
-        self.use_angle_classifier = use_angle_classifier  # the reference runs without one
+    def __init__(self, use_angle_classifier: bool = False, workers: int = 1, detection_side: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"OCR reward: workers must be >= 1 (processes reading images side by side), got {workers}.")
+        if detection_side is not None and detection_side < 32:
+            raise ValueError(f"OCR reward: detection_side must be >= 32 px or None (rapidocr's 736), got {detection_side}.")
+        self.use_angle_classifier = use_angle_classifier
+        self.workers = workers
+        self.params: dict = {"Global.log_level": "warning"}
+        if detection_side is not None:
+            self.params["Det.limit_side_len"] = detection_side
         self._engine = None
+        self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def _get_engine(self):
         with self._lock:
             if self._engine is None:
-                # heavy import, deferred until the first score
-                from rapidocr import RapidOCR
-
-                self._engine = RapidOCR()
+                self._engine = _build_engine(self.params)
             return self._engine
 
     def recognize(self, image: Image.Image) -> str:
-        """All recognised text lines of `image`, concatenated."""
-        # A PIL image tells rapidocr the channel order (it converts RGB to its BGR itself).
-        result = self._get_engine()(image.convert("RGB"), use_cls=self.use_angle_classifier)
-        return "".join(result.txts or ())
+        """All recognised text lines of `image`, concatenated (raises what the engine raises)."""
+        read = _read(self._get_engine(), image, self.use_angle_classifier)
+        if isinstance(read, Exception):
+            raise read
+        return read
+
+    def recognize_many(self, images: Sequence[Image.Image]) -> list[str | Exception]:
+        """The text of each image (read by the worker processes with `workers > 1`); a failed image gives its
+        exception instead."""
+        if self.workers == 1 or len(images) <= 1:
+            engine = self._get_engine() if images else None
+            return [_read(engine, image, self.use_angle_classifier) for image in images]
+        with self._lock:
+            if self._pool is None:
+                params = {**self.params, "EngineConfig.onnxruntime.intra_op_num_threads": 1, "EngineConfig.onnxruntime.inter_op_num_threads": 1}
+                # spawn: forking a process that holds CUDA or torch thread pools is unsafe
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(params,))
+        jobs = [(image.convert("RGB"), self.use_angle_classifier) for image in images]
+        return list(self._pool.map(_read_in_worker, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
+
+    def close(self) -> None:
+        """Stop the worker processes (a later batch starts them again)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
     def score_texts(self, images: Sequence[Image.Image], targets: Sequence[str | None]) -> RewardOutput:
         """Score each image against an explicit target text (`None` or empty: not scored).
@@ -103,18 +169,19 @@ class OCRReward:
         scores: list[float | None] = []
         details: list[str] = []
         failures = 0
-        for image, target in zip(images, targets):
-            if target is None or not normalize_text(target):
+        wanted = [i for i, target in enumerate(targets) if target is not None and normalize_text(target)]
+        read = dict(zip(wanted, self.recognize_many([images[i] for i in wanted])))
+        for i, target in enumerate(targets):
+            if i not in read:
                 scores.append(None)
                 details.append("no quoted text: not scored")
                 continue
-            try:
-                recognized = self.recognize(image)
-            except (RuntimeError, ValueError, OSError) as exc:  # onnxruntime / decoding errors of one image
-                logger.warning("OCR failed on one image: %s", exc)
+            recognized = read[i]
+            if isinstance(recognized, Exception):
+                logger.warning("OCR failed on one image: %s", recognized)
                 failures += 1
                 scores.append(None)
-                details.append(f"OCR failed: {exc}")
+                details.append(f"OCR failed: {recognized}")
                 continue
             score = text_accuracy(recognized, target)
             scores.append(score)
