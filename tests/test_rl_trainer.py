@@ -94,6 +94,38 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     assert (tmp_path / "a" / "run" / "samples" / "step-00000004" / "rank0.png").is_file()
 
 
+def test_max_minutes_ends_like_a_finished_run_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """`run.max_minutes`: past the budget the run checkpoints and exports at that step; a re-run goes on to
+    max_steps exactly as the uninterrupted run did."""
+    from types import SimpleNamespace
+
+    import deepgen_core.train.rl.trainer as rl_trainer
+
+    full = RLTrainer(tiny_config(tmp_path / "full", run={"max_steps": 4})).run()
+    now = [0.0]
+    step = RLTrainer.train_step
+
+    def timed_step(self, *args):
+        values = step(self, *args)
+        now[0] += 60.0  # a minute per RL step
+        return values
+
+    monkeypatch.setattr(RLTrainer, "train_step", timed_step)
+    monkeypatch.setattr(rl_trainer, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=rl_trainer.time.perf_counter))
+    cut = RLTrainer(tiny_config(tmp_path / "cut", run={"max_steps": 4, "max_minutes": 1.5})).run()
+    monkeypatch.undo()
+    out = tmp_path / "cut" / "run"
+    assert cut.step == 2 and [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert (out / "export" / "deepgen-transformer.safetensors").is_file()
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    resumed = RLTrainer(tiny_config(tmp_path / "cut", run={"max_steps": 4, "max_minutes": 600})).run()
+    assert resumed.step == 4
+    assert [h["reward"] for h in cut.history + resumed.history] == [h["reward"] for h in full.history]
+    assert [h["loss/policy"] for h in resumed.history] == [h["loss/policy"] for h in full.history[2:]]
+    with pytest.raises(DeepGenInputError, match="max_minutes must be >= 0"):
+        tiny_config(tmp_path, run={"max_minutes": -1})
+
+
 def test_only_the_dit_trains_and_the_reference_stays(tmp_path):
     trainer = RLTrainer(tiny_config(tmp_path, run={"max_steps": 2}))
     policy, ref = trainer.build_model()

@@ -96,3 +96,19 @@ def test_a_stage_stopped_by_its_time_budget_is_not_marked_done(tmp_path, monkeyp
     assert step(run) == {}
     _stage_recipe(recipes, max_steps=9, max_minutes=0, output_dir=stage_out)  # no budget: the trainer ran to the end
     assert step(run) == {}
+
+
+def test_an_rl_stage_stopped_by_its_time_budget_is_not_marked_done(tmp_path, monkeypatch):
+    """The same for stage 3, whose recipe keeps max_steps / max_minutes / output_dir in its `run` section."""
+    from deepgen_core.train import tiny_recipe
+
+    recipes, stage_out = tmp_path / "recipes", tmp_path / "stage3"
+    recipes.mkdir()
+    (recipes / "stage3.yaml").write_text(yaml.safe_dump({"run": {"max_steps": 4, "max_minutes": 2.0, "output_dir": str(stage_out)}}))
+    run = TinyRun(tmp_path / "run", recipes, device="cpu")
+    monkeypatch.setattr(TinyRun, "deepgen", lambda self, *args: None)
+    _checkpoint(stage_out, 2)
+    with pytest.raises(RuntimeError, match="stage3.yaml stopped at step 2 of 4"):
+        tiny_recipe.STEP_FUNCTIONS["stage3"](run)
+    _checkpoint(stage_out, 4)
+    assert tiny_recipe.STEP_FUNCTIONS["stage3"](run) == {}

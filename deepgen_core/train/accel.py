@@ -80,3 +80,11 @@ def _launched_world_size() -> int:
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def past_deadline(accelerator: Accelerator, deadline: float, now: float) -> bool:
+    """`now >= deadline` on any rank (a max over the ranks, so that every rank stops a time-budgeted run at the same
+    step). `now` and `deadline` are `time.monotonic()` readings of the caller."""
+    late = torch.tensor(float(now >= deadline), device=accelerator.device)
+    return bool(accelerator.reduce(late, "max").item())
+

@@ -105,10 +105,12 @@ def step_stage(stage: str, recipe: str) -> Callable[[TinyRun], dict]:
     def run_stage(run: TinyRun) -> dict:
         run.deepgen("train", stage, "--config", str(run.recipe(recipe)))
         settings = run.settings(recipe)
-        if stage != "rl" and settings.get("max_minutes"):
-            reached = finished_step(Path(settings["checkpoint"]["output_dir"]))
-            if reached < settings["max_steps"]:  # the time budget ended it early: not done, a re-run resumes
-                raise RuntimeError(f"{recipe} stopped at step {reached} of {settings['max_steps']} (max_minutes); re-run to resume from that checkpoint.")
+        # stages 1-2 keep max_minutes / max_steps / checkpoint.output_dir at the top; RL keeps them in `run`
+        limits, output_dir = (settings["run"], settings["run"]["output_dir"]) if stage == "rl" else (settings, settings["checkpoint"]["output_dir"])
+        if limits.get("max_minutes"):
+            reached = finished_step(Path(output_dir))
+            if reached < limits["max_steps"]:  # the time budget ended it early: not done, a re-run resumes
+                raise RuntimeError(f"{recipe} stopped at step {reached} of {limits['max_steps']} (max_minutes); re-run to resume from that checkpoint.")
         return {}
 
     return run_stage

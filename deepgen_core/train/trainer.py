@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .accel import build_accelerator, is_deepspeed
+from .accel import build_accelerator, is_deepspeed, past_deadline
 from .checkpointing import CheckpointManager
 from .config import TrainConfig
 from .data import MixedDataset, build_dataloader, unpack_images
@@ -202,9 +202,8 @@ class Trainer:
         return state
 
     def _out_of_time(self, deadline: float) -> bool:
-        """Past the wall-clock budget on any rank (a max over the ranks, so that every rank stops at the same step)."""
-        late = torch.tensor(float(time.monotonic() >= deadline), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(late, "max").item())
+        """Past the wall-clock budget on any rank (every rank then stops at the same step)."""
+        return past_deadline(self.accelerator, deadline, time.monotonic())
 
     def _periodic(self, step: int, model, optimizer, scheduler, ckpt: CheckpointManager, consumed: int, final: bool = False) -> None:
         cfg = self.config

@@ -72,6 +72,7 @@ class RLRewardsConfig:
 class RLRunConfig:
     output_dir: str = _help("runs/deepgen-rl", "run folder: checkpoints/, samples/, metrics.jsonl, tensorboard/")
     max_steps: int = _help(1000, "RL steps (one rollout batch each)")
+    max_minutes: float = _help(0.0, "wall-clock budget in minutes (0: none): past it the run ends at the next step as if max_steps were reached (checkpoint + export); the LR schedule still follows max_steps and a re-run resumes")
     seed: int = _help(42, "seed of prompts, noise and timestep subsets (derived per step and rank, so resumes reproduce)")
     save_every: int = _help(50, "checkpoint every N steps (0: only at the end)")
     keep_last: int = _help(0, "keep the N newest checkpoints (0: all, reference)")
@@ -130,6 +131,8 @@ class RLConfig:
             raise DeepGenInputError("give rewards.datasets (a prompt/reward YAML) or both rewards.prompts and rewards.weights.")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
+        if self.run.max_minutes < 0:
+            raise DeepGenInputError(f"run.max_minutes must be >= 0 (0: no time budget), got {self.run.max_minutes}.")
         if self.model.compile:
             raise DeepGenInputError("model.compile applies to stages 1 and 2; the RL trainer does not compile the policy: set model.compile: false.")
 

@@ -25,7 +25,7 @@ from ...loading import DeepGenComponents
 from ...rewards import build_reward
 from ...rewards.base import Reward
 from ...rewards.service import HTTPReward
-from ..accel import build_accelerator, is_deepspeed
+from ..accel import build_accelerator, is_deepspeed, past_deadline
 from ..checkpointing import CheckpointManager
 from ..export import export_inference, import_checkpoint
 from ..metrics import MetricsLog
@@ -149,17 +149,22 @@ class RLTrainer:
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
         result = RLResult(self.out, step)
         bar = tqdm(total=cfg.run.max_steps, initial=step, desc="rl", disable=not acc.is_main_process)
-        while step < cfg.run.max_steps:
+        deadline = time.monotonic() + 60.0 * cfg.run.max_minutes if cfg.run.max_minutes else None
+        last = cfg.run.max_steps
+        while step < last:
             values = self.train_step(step, model, ref, optimizer, scheduler, sft)
             step += 1
+            if deadline is not None and step < last and past_deadline(acc, deadline, time.monotonic()):
+                logger.warning("run.max_minutes (%g) reached at step %d of %d: saving and exporting; a re-run resumes from here", cfg.run.max_minutes, step, cfg.run.max_steps)
+                last = step
             result.history.append(values)
             metrics.record_step(step, values)
             metrics.add(**values)
             bar.update(1)
             bar.set_postfix(reward=f"{values['reward']:.4f}", kl=f"{values['kl']:.2e}")
-            if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
+            if step % cfg.run.log_every == 0 or step == last:
                 metrics.flush(step)
-            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
+            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == last:
                 ckpt.save(step, model, optimizer, scheduler, {"kind": "rl", "deepspeed": is_deepspeed(acc)})
         bar.close()
         result.step = step
