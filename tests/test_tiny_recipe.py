@@ -23,7 +23,8 @@ SMOKE = {  # recipe file -> dotted keys to shrink (everything else is the shippe
     "stage1.yaml": {"micro_batch_size": 2, "max_steps": 2, "optim.warmup_steps": 1, "data.num_workers": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "checkpoint.save_every": 0},
     "stage2.yaml": {"micro_batch_size": 2, "max_steps": 2, "optim.warmup_steps": 1, "data.num_workers": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "checkpoint.save_every": 0},
     "stage3.yaml": {"rollout.group_size": 2, "rollout.prompts_per_step": 2, "rollout.num_inference_steps": 2, "policy.micro_batch_size": 4,
-                    "optim.warmup_steps": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "run.max_steps": 1, "run.save_every": 0, "run.save_images_every": 0},
+                    "optim.warmup_steps": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "run.max_steps": 1, "run.save_every": 0, "run.save_images_every": 0,
+                    "rewards.options.ocr.workers": 1},
     "eval.yaml": {"checkpoints": ["stage3"], "evaluate": {"n_t2i": 2, "n_edit": 2, "n_text": 0, "seed": 0, "steps": 2, "cfg": 4.0, "batch": 2, "size": 128}},
 }
 
