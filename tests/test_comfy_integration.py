@@ -121,3 +121,27 @@ def test_pack_in_real_comfyui(setup):
         assert _run(root, [_workflow(root, "deepgen_text_to_image", DeepGenSampler={"seed": 3})], *server)[0] == 0  # still usable
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_templates_draw_what_they_say_with_the_embedded_model(tmp_path):
+    """The text-to-image and edit templates exactly as shipped (the loader's "DeepGen-Tiny (embedded)", 128 px, 25
+    steps): no model files placed, and the pictures show what the prompts ask for."""
+    from deepgen_core.loading import is_converted
+    from deepgen_core.presets import DEEPGEN_TINY_DIR
+    from deepgen_core.tiny_world import detect
+
+    if not is_converted(DEEPGEN_TINY_DIR):
+        pytest.skip("the embedded DeepGen-Tiny weights are not installed")
+    python = os.environ.get("COMFY_PYTHON", sys.executable)
+    start = ["--comfy-dir", COMFY, "--python", python, "--port", str(_free_port()), "--custom-nodes", str(REPO), "--require-nodes", NODES,
+             "--fetch-images", str(tmp_path / "images")]
+    code, summary = _run(tmp_path, [REPO / "workflows" / "api" / f"{name}.json" for name in ("deepgen_text_to_image", "deepgen_edit")], *start)
+    assert code == 0, summary
+    found = {}
+    for prefix in ("deepgen_t2i", "deepgen_edit_source", "deepgen_edit"):
+        image = Image.open(min((tmp_path / "images").rglob(f"*_{prefix}_0*.png")))  # <node id>_<prefix>_00001_.png
+        detection = detect(image)
+        assert image.size == (128, 128) and detection.background == "blue" and len(detection.objects) == 1, (prefix, detection)
+        found[prefix] = (detection.objects[0].obj.colour, detection.objects[0].obj.shape)
+    # "a large red circle in the center, blue background", then "make the circle green" on it
+    assert found == {"deepgen_t2i": ("red", "circle"), "deepgen_edit_source": ("red", "circle"), "deepgen_edit": ("green", "circle")}
