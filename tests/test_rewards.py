@@ -59,6 +59,18 @@ def test_parallel_ocr_reads_the_same_and_a_failing_image_is_not_scored(ocr):
     try:
         assert parallel(images, prompts).scores == ocr(images, prompts).scores == [1.0, 1.0, 1.0, 1.0, None]
         assert len(parallel._pool._processes) == 2  # read by two worker processes
+        # a worker that dies: the batch is read in this process, and the next batch gets new workers
+        victim = next(iter(parallel._pool._processes.values()))
+        victim.kill()
+        victim.join()
+        for _ in range(500):  # until the executor has noticed (its manager thread watches the workers)
+            if parallel._pool._broken:
+                break
+            threading.Event().wait(0.01)
+        assert parallel._pool._broken
+        assert parallel(images, prompts).scores == [1.0, 1.0, 1.0, 1.0, None]
+        assert parallel._pool is None
+        assert parallel(images[:2], prompts[:2]).scores == [1.0, 1.0] and len(parallel._pool._processes) == 2
     finally:
         parallel.close()
 

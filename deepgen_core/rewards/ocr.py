@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from PIL import Image
@@ -148,13 +149,19 @@ class OCRReward:
                 # spawn: forking a process that holds CUDA or torch thread pools is unsafe
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(params,))
         jobs = [(image.convert("RGB"), self.use_angle_classifier) for image in images]
-        return list(self._pool.map(_read_in_worker, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
+        try:
+            return list(self._pool.map(_read_in_worker, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
+        except BrokenProcessPool as exc:  # a worker died (e.g. killed for memory): this batch is read here instead
+            logger.warning("an OCR worker process died (%s); reading this batch in-process, new workers next batch", exc)
+            self.close()
+            engine = self._get_engine()
+            return [_read(engine, image, self.use_angle_classifier) for image, _ in jobs]
 
     def close(self) -> None:
         """Stop the worker processes (a later batch starts them again)."""
         with self._lock:
             if self._pool is not None:
-                self._pool.shutdown()
+                self._pool.shutdown(cancel_futures=True)
                 self._pool = None
 
     def score_texts(self, images: Sequence[Image.Image], targets: Sequence[str | None]) -> RewardOutput:

@@ -87,4 +87,3 @@ def past_deadline(accelerator: Accelerator, deadline: float, now: float) -> bool
     step). `now` and `deadline` are `time.monotonic()` readings of the caller."""
     late = torch.tensor(float(now >= deadline), device=accelerator.device)
     return bool(accelerator.reduce(late, "max").item())
-
