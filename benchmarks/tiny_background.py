@@ -125,7 +125,11 @@ def _evaluate_row(pipe, n: int, n_text: int) -> dict:
     settings = {"steps": 20, "batch": 64, "cfg": 4.0}
     row = {"t2i": evaluate_t2i(pipe, n=n, **settings), "edit": evaluate_edits(pipe, n=n, **settings)}
     if n_text:
-        row["text"] = evaluate_text(pipe, n=n_text, **settings, ocr=OCRReward(workers=8))
+        ocr = OCRReward(workers=8)
+        try:
+            row["text"] = evaluate_text(pipe, n=n_text, **settings, ocr=ocr)
+        finally:
+            ocr.close()
     return row
 
 

@@ -135,8 +135,9 @@ def evaluate_text(pipe: Callable, n: int = 32, seed: int = 0, steps: int = 20, c
     samples = heldout_texts(n, seed)
     images = _generate(pipe, [s.prompt for s in samples], None, seed, steps, cfg, batch, size)
     exact, chars = [], []
-    for sample, image in zip(samples, images):
-        read = ocr.recognize(image)
+    for sample, read in zip(samples, ocr.recognize_many(images)):  # side by side with `OCRReward(workers=N)`
+        if isinstance(read, Exception):
+            raise read
         exact.append(normalize_text(read) == normalize_text(sample.scene.word))
         chars.append(text_accuracy(read, sample.scene.word))
     return {"exact_word": float(np.mean(exact)) if exact else 0.0, "char_accuracy": float(np.mean(chars)) if chars else 0.0, "n": n}
