@@ -141,8 +141,7 @@ class OCRReward:
         """The text of each image (read by the worker processes with `workers > 1`); a failed image gives its
         exception instead."""
         if self.workers == 1 or len(images) <= 1:
-            engine = self._get_engine() if images else None
-            return [_read(engine, image, self.use_angle_classifier) for image in images]
+            return self._read_in_process(images)
         with self._lock:
             if self._pool is None:
                 params = {**self.params, "EngineConfig.onnxruntime.intra_op_num_threads": 1, "EngineConfig.onnxruntime.inter_op_num_threads": 1}
@@ -154,8 +153,11 @@ class OCRReward:
         except BrokenProcessPool as exc:  # a worker died (e.g. killed for memory): this batch is read here instead
             logger.warning("an OCR worker process died (%s); reading this batch in-process, new workers next batch", exc)
             self.close()
-            engine = self._get_engine()
-            return [_read(engine, image, self.use_angle_classifier) for image, _ in jobs]
+            return self._read_in_process(images)
+
+    def _read_in_process(self, images: Sequence[Image.Image]) -> list[str | Exception]:
+        engine = self._get_engine() if images else None
+        return [_read(engine, image, self.use_angle_classifier) for image in images]
 
     def close(self) -> None:
         """Stop the worker processes (a later batch starts them again)."""
