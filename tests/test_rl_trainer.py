@@ -235,3 +235,17 @@ def test_zero2_reference_stepping_with_per_rank_advantages(tmp_path):
                          "distributed.deepspeed_config=train/accelerate/zero2.json")
     assert records[0]["optimizer_updates"] == 3
     assert abs(records[0]["advantage/std"] - 1) < 1e-3
+
+@pytest.mark.parametrize("reference_dtype", ["float32", "bfloat16"])
+def test_kl_starts_at_zero_with_a_full_precision_reference_under_bf16(tmp_path, reference_dtype):
+    """Under bf16 autocast an fp32 reference computes exactly as the fp32-master policy: the first step's KL (before
+    any update) is 0. A bf16 reference starts at the rounding difference, which v-space KL's 1/std^2 magnifies."""
+    config = tiny_config(tmp_path, distributed={"mixed_precision": "bf16"}, policy={"reference_dtype": reference_dtype},
+                         run={"max_steps": 1})
+    trainer = RLTrainer(config, rewards={"brightness": BrightnessReward()}, components=tiny_rl_components())
+    _, ref = trainer.build_model()
+    assert {p.dtype for p in ref.parameters()} == {getattr(torch, reference_dtype)}
+    kl = trainer.run().history[0]["kl"]
+    assert (kl == 0.0) if reference_dtype == "float32" else (kl > 0.0), kl
+    with pytest.raises(DeepGenInputError, match="reference_dtype must be 'float32' or 'bfloat16'"):
+        tiny_config(tmp_path, policy={"reference_dtype": "fp16"})

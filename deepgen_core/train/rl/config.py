@@ -58,6 +58,7 @@ class PolicyConfig:
     sft_coef: float = _help(1e-4, "lambda of the convex mix (1 - lambda) GRPO + lambda SFT (0 disables the auxiliary loss)")
     sft_every: int = _help(1, "auxiliary SFT loss every N steps")
     sft_micro_batch_size: int = _help(32, "images per auxiliary SFT batch (data in the `sft` section, text-to-image sources)")
+    reference_dtype: str = _help("float32", "storage of the frozen KL reference DiT: 'float32' computes exactly as the fp32-master policy does under autocast (KL is 0 until the first update); 'bfloat16' halves its memory, but under bf16 mixed precision the KL then starts at the rounding difference, which the v-space KL's 1/std^2 magnifies into a noise gradient")
 
 
 @dataclass
@@ -131,6 +132,8 @@ class RLConfig:
             raise DeepGenInputError("give rewards.datasets (a prompt/reward YAML) or both rewards.prompts and rewards.weights.")
         if self.distributed.mixed_precision not in ("bf16", "no"):
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
+        if p.reference_dtype not in ("float32", "bfloat16"):
+            raise DeepGenInputError(f"policy.reference_dtype must be 'float32' or 'bfloat16', got {p.reference_dtype!r}.")
         if self.run.max_minutes < 0:
             raise DeepGenInputError(f"run.max_minutes must be >= 0 (0: no time budget), got {self.run.max_minutes}.")
         if self.model.compile:

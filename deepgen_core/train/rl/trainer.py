@@ -121,7 +121,7 @@ class RLTrainer:
         if cfg.model.gradient_checkpointing:
             inner.transformer.enable_gradient_checkpointing()
         ref = copy.deepcopy(inner.transformer).requires_grad_(False).eval()
-        if cfg.distributed.mixed_precision == "bf16":
+        if cfg.policy.reference_dtype == "bfloat16":
             ref = ref.to(torch.bfloat16)
         inner.encoder.eval()
         inner.vae.eval()
