@@ -36,7 +36,7 @@ STEPS, CFG, SEED, BATCH = 25, 4.0, 0, 16
 T2I_N, T2I_COLOUR_MIN, T2I_SHAPE_MIN, T2I_BACKGROUND_MIN = 48, 0.90, 0.80, 0.90
 EDIT_N, EDIT_SUCCESS_MIN, EDIT_PSNR_UNTOUCHED_MIN = 32, 0.80, 25.0
 TEXT_N = 16
-# Our 16 prompts are the first 16 of the 64 behind the stored value (other batches, so other noise): allow two
+# Our 16 prompts are the first 16 of the 128 behind the stored value (other batches, so other noise): allow two
 # words of the 16 below it.
 TEXT_TOLERANCE = 2 / TEXT_N
 
@@ -78,9 +78,9 @@ def test_text_to_image_on_heldout_combinations(pipe):
     assert result["background"] >= T2I_BACKGROUND_MIN, result
 
 
-# The shipped weights (stage 2, session 7) make 24 of these 32 edits: a floor one edit below that guards them against
-# regressions, while Issue 6's threshold (0.80) is not met yet.
-EDIT_SUCCESS_SHIPPED_FLOOR = 23 / EDIT_N
+# The shipped weights (stage 2, session 8) make 29 of these 32 edits: a floor two edits below that guards them
+# against regressions (CPU builds may differ by an edit); Issue 6's threshold (0.80) is 26 of 32.
+EDIT_SUCCESS_SHIPPED_FLOOR = 27 / EDIT_N
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +90,9 @@ def edit_result(pipe) -> dict:
 
 def test_edits_on_heldout_triplets(edit_result):
     result = edit_result
+    assert result["success"] >= EDIT_SUCCESS_MIN, result
     assert result["success"] >= EDIT_SUCCESS_SHIPPED_FLOOR, result
     assert result["psnr_untouched"] >= EDIT_PSNR_UNTOUCHED_MIN, result
-
-
-@pytest.mark.xfail(strict=True, reason="Issue 6 is open: the shipped model makes 0.75 of the held-out edits (recolour is "
-                   "the weak kind); the threshold is 0.80. Remove this mark with the weights that pass.")
-def test_edits_meet_issue_6_threshold(edit_result):
-    assert edit_result["success"] >= EDIT_SUCCESS_MIN, edit_result
 
 
 def _shipped(stored_metrics: dict) -> str:
@@ -105,8 +100,9 @@ def _shipped(stored_metrics: dict) -> str:
     return stored_metrics.get("shipped", "stage3")
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 6 is open: session 7's stage-3 attempt read 0.859 of the held-out words "
-                   "against stage 2's 0.875, so stage 2 ships. Remove this mark with a stage 3 that reads better.")
+@pytest.mark.xfail(strict=True, reason="Issue 6 is open: no stage 3 has read clearly better yet (session 8: 0.859 of 128 "
+                   "held-out words against its start's 0.828, and the shipped stage 2 reads 0.859), so stage 2 ships. "
+                   "Remove this mark with a stage 3 that reads better.")
 def test_reinforcement_learning_improved_text_rendering(stored_metrics):
     stage2, stage3 = (stored_metrics[s]["text"]["exact_word"] for s in ("stage2", "stage3"))
     assert _shipped(stored_metrics) == "stage3", "the shipped weights are not stage 3's"
