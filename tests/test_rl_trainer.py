@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from train_helpers import reset_accelerate
 
 from deepgen_core.cli import main
 from deepgen_core.errors import DeepGenInputError
@@ -242,10 +243,14 @@ def test_kl_starts_at_zero_with_a_full_precision_reference_under_bf16(tmp_path, 
     any update) is 0. A bf16 reference starts at the rounding difference, which v-space KL's 1/std^2 magnifies."""
     config = tiny_config(tmp_path, distributed={"mixed_precision": "bf16"}, policy={"reference_dtype": reference_dtype},
                          run={"max_steps": 1})
-    trainer = RLTrainer(config, rewards={"brightness": BrightnessReward()}, components=tiny_rl_components())
-    _, ref = trainer.build_model()
-    assert {p.dtype for p in ref.parameters()} == {getattr(torch, reference_dtype)}
-    kl = trainer.run().history[0]["kl"]
+    reset_accelerate()  # accelerate's process-wide state holds the other tests' mixed_precision 'no'
+    try:
+        trainer = RLTrainer(config, rewards={"brightness": BrightnessReward()}, components=tiny_rl_components())
+        _, ref = trainer.build_model()
+        assert {p.dtype for p in ref.parameters()} == {getattr(torch, reference_dtype)}
+        kl = trainer.run().history[0]["kl"]
+    finally:
+        reset_accelerate()
     assert (kl == 0.0) if reference_dtype == "float32" else (kl > 0.0), kl
     with pytest.raises(DeepGenInputError, match="reference_dtype must be 'float32' or 'bfloat16'"):
         tiny_config(tmp_path, policy={"reference_dtype": "fp16"})
