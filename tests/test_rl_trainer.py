@@ -254,3 +254,5 @@ def test_kl_starts_at_zero_with_a_full_precision_reference_under_bf16(tmp_path, 
     assert (kl == 0.0) if reference_dtype == "float32" else (kl > 0.0), kl
     with pytest.raises(DeepGenInputError, match="reference_dtype must be 'float32' or 'bfloat16'"):
         tiny_config(tmp_path, policy={"reference_dtype": "fp16"})
+    with pytest.raises(DeepGenInputError, match="'bfloat16' needs distributed.mixed_precision: bf16"):
+        tiny_config(tmp_path, policy={"reference_dtype": "bfloat16"})

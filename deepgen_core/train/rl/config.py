@@ -134,6 +134,9 @@ class RLConfig:
             raise DeepGenInputError(f"distributed.mixed_precision must be 'bf16' or 'no', got {self.distributed.mixed_precision!r}.")
         if p.reference_dtype not in ("float32", "bfloat16"):
             raise DeepGenInputError(f"policy.reference_dtype must be 'float32' or 'bfloat16', got {p.reference_dtype!r}.")
+        if p.reference_dtype == "bfloat16" and self.distributed.mixed_precision != "bf16":
+            raise DeepGenInputError("policy.reference_dtype 'bfloat16' needs distributed.mixed_precision: bf16 (the reference runs under the "
+                                    "policy's autocast); without mixed precision use 'float32'.")
         if self.run.max_minutes < 0:
             raise DeepGenInputError(f"run.max_minutes must be >= 0 (0: no time budget), got {self.run.max_minutes}.")
         if self.model.compile:
