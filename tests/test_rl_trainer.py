@@ -237,6 +237,7 @@ def test_zero2_reference_stepping_with_per_rank_advantages(tmp_path):
     assert records[0]["optimizer_updates"] == 3
     assert abs(records[0]["advantage/std"] - 1) < 1e-3
 
+
 @pytest.mark.parametrize("reference_dtype", ["float32", "bfloat16"])
 def test_kl_starts_at_zero_with_a_full_precision_reference_under_bf16(tmp_path, reference_dtype):
     """Under bf16 autocast an fp32 reference computes exactly as the fp32-master policy: the first step's KL (before
