@@ -257,3 +257,55 @@ def test_kl_starts_at_zero_with_a_full_precision_reference_under_bf16(tmp_path, 
         tiny_config(tmp_path, policy={"reference_dtype": "fp16"})
     with pytest.raises(DeepGenInputError, match="'bfloat16' needs distributed.mixed_precision: bf16"):
         tiny_config(tmp_path, policy={"reference_dtype": "bfloat16"})
+
+
+class PromptKeyedReward:
+    """Scores by prompt, not by image: 1.0 for prompts containing 'cube', 0.25 otherwise, None for 'night'
+    (unscored). Records the size and count of every image it scores."""
+
+    name = "keyed"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, tuple[int, int]]] = []
+
+    def __call__(self, images, prompts, **metadata):
+        from deepgen_core.rewards.base import RewardOutput
+
+        self.calls.append((len(images), images[0].size))
+        return RewardOutput([1.0 if "cube" in p else None if "night" in p else 0.25 for p in prompts])
+
+
+def test_curriculum_draws_the_prompts_the_start_model_gets_wrong_more_often(tmp_path, monkeypatch):
+    """`curriculum.hard_weight`: every distinct prompt is scored once before step 1 (rollout size, images_per_prompt);
+    prompts under the threshold are drawn hard_weight times as often; unscored prompts are never hard; the scores
+    are kept, so a resumed run does not render them again and draws the same prompts."""
+    from deepgen_core.train.rl import curriculum
+    from deepgen_core.train.rl.prompts import PromptSampler
+
+    prompts = [*PROMPTS, PROMPTS[0]]  # a repeated prompt is scored once
+    sections = {"rewards": {"prompts": prompts, "weights": {"keyed": 1.0}}, "run": {"max_steps": 1, "save_every": 1},
+                "curriculum": {"hard_weight": 9.0, "images_per_prompt": 2, "batch_size": 2}}
+    reward = PromptKeyedReward()
+    trainer = RLTrainer(tiny_config(tmp_path, **sections), rewards={"keyed": reward})
+    trainer.run()
+    assert reward.calls[:2] == [(4, (32, 32)), (2, (32, 32))]  # 3 distinct prompts x 2 images, 2 prompts a call
+    stored = json.loads((tmp_path / "run" / curriculum.FILE_NAME).read_text())["scores"]
+    assert [(s["prompt"], s["score"]) for s in stored[:2]] == [(PROMPTS[0], 1.0), (PROMPTS[1], 0.25)]
+    assert math.isnan(stored[2]["score"])
+    # entries: cube, cat, night, cube -> weights 1, 9, 1, 1: the hard 'cat' prompt is drawn 9 / 12 of the time
+    assert trainer.prompts.weights.tolist() == [1.0, 9.0, 1.0, 1.0]
+    draws = trainer.prompts.draw(4000, torch.Generator().manual_seed(0))
+    assert sum(d.prompt == PROMPTS[1] for d in draws) / 4000 == pytest.approx(0.75, abs=0.03)
+    # a resumed run reads the stored scores and renders nothing
+    monkeypatch.setattr(curriculum, "score_prompts", lambda *a, **k: pytest.fail("the stored curriculum was scored again"))
+    resumed = RLTrainer(tiny_config(tmp_path, **{**sections, "run": {"max_steps": 2, "save_every": 1}}), rewards={"keyed": reward})
+    assert resumed.run().step == 2 and resumed.prompts.weights.tolist() == [1.0, 9.0, 1.0, 1.0]
+    # other settings score again; the threshold is a fraction of the total reward weight
+    assert curriculum.load_scores(tmp_path / "run" / curriculum.FILE_NAME, {"other": 1}, curriculum.distinct_prompts(trainer.prompts)) is None
+    scores = [curriculum.PromptScore("inline", p, s) for p, s in zip(PROMPTS, (1.0, 0.25, float("nan")))]
+    sampler, summary = curriculum.reweighted(PromptSampler.from_rewards_config(None, prompts, {"keyed": 1.0}), scores, 0.2, 9.0)
+    assert sampler.weights.tolist() == [1.0] * 4 and summary == {"inline": {"prompts": 3, "hard": 0}}
+    for bad, match in (({"hard_weight": 0.0}, "hard_weight must be > 0"), ({"threshold": 1.5}, r"threshold must be in \(0, 1\]"),
+                       ({"images_per_prompt": 0}, "images_per_prompt and curriculum.batch_size must be >= 1")):
+        with pytest.raises(DeepGenInputError, match=match):
+            tiny_config(tmp_path, curriculum=bad)

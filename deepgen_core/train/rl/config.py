@@ -70,6 +70,14 @@ class RLRewardsConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    hard_weight: float = _help(1.0, "draw the prompts the starting model gets wrong this many times as often (1: off). Before step 1 every distinct prompt is rendered with the deterministic sampler (the rollout's size, steps and CFG) and scored; see rl/curriculum.py")
+    threshold: float = _help(1.0, "a prompt is hard when its mean weighted reward is below this fraction of its total reward weight")
+    images_per_prompt: int = _help(1, "images rendered per distinct prompt to score it")
+    batch_size: int = _help(64, "prompts per rendering call")
+
+
+@dataclass
 class RLRunConfig:
     output_dir: str = _help("runs/deepgen-rl", "run folder: checkpoints/, samples/, metrics.jsonl, tensorboard/")
     max_steps: int = _help(1000, "RL steps (one rollout batch each)")
@@ -96,6 +104,7 @@ class RLConfig:
     rollout: RLRolloutConfig = _help(None, "rollouts", factory=RLRolloutConfig)
     policy: PolicyConfig = _help(None, "policy objective", factory=PolicyConfig)
     rewards: RLRewardsConfig = _help(None, "rewards and prompts", factory=RLRewardsConfig)
+    curriculum: CurriculumConfig = _help(None, "hard-prompt curriculum (off by default)", factory=CurriculumConfig)
     sft: DataConfig = _help(None, "data of the auxiliary SFT loss (text-to-image sources; stage-2 formats)", factory=DataConfig)
     optim: OptimConfig = _help(None, "optimizer and schedule (RL defaults)", factory=rl_optim)
     distributed: DistributedConfig = _help(None, "accelerate / DeepSpeed", factory=DistributedConfig)
@@ -137,6 +146,13 @@ class RLConfig:
         if p.reference_dtype == "bfloat16" and self.distributed.mixed_precision != "bf16":
             raise DeepGenInputError("policy.reference_dtype 'bfloat16' needs distributed.mixed_precision: bf16 (the reference runs under the "
                                     "policy's autocast); without mixed precision use 'float32'.")
+        c = self.curriculum
+        if c.hard_weight <= 0:
+            raise DeepGenInputError(f"curriculum.hard_weight must be > 0 (1: off), got {c.hard_weight}.")
+        if not 0 < c.threshold <= 1:
+            raise DeepGenInputError(f"curriculum.threshold must be in (0, 1] (a fraction of the total reward weight), got {c.threshold}.")
+        if c.images_per_prompt < 1 or c.batch_size < 1:
+            raise DeepGenInputError(f"curriculum.images_per_prompt and curriculum.batch_size must be >= 1, got {c.images_per_prompt} and {c.batch_size}.")
         if self.run.max_minutes < 0:
             raise DeepGenInputError(f"run.max_minutes must be >= 0 (0: no time budget), got {self.run.max_minutes}.")
         if self.model.compile:
@@ -150,7 +166,7 @@ class RLConfig:
         return json.dumps(dataclasses.asdict(self), indent=1, default=str)
 
 
-_SECTIONS = {"model": ModelConfig, "rollout": RLRolloutConfig, "policy": PolicyConfig, "rewards": RLRewardsConfig,
+_SECTIONS = {"model": ModelConfig, "rollout": RLRolloutConfig, "policy": PolicyConfig, "rewards": RLRewardsConfig, "curriculum": CurriculumConfig,
              "sft": DataConfig, "optim": OptimConfig, "distributed": DistributedConfig, "run": RLRunConfig}
 _DEFAULTS = {"optim": lambda: dataclasses.asdict(rl_optim()), "model": lambda: {"gradient_checkpointing": True}}
 

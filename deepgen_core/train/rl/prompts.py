@@ -26,6 +26,16 @@ class PromptSampler:
         per_dataset = {d.name: (d.sample_weight if config.sampling_mode == "sample_proportional" else d.sample_weight / len(d.prompts)) for d in config.datasets}
         self.weights = torch.tensor([per_dataset[d.name] for _, d in self.entries], dtype=torch.float64)
 
+    def scaled(self, factors: torch.Tensor) -> PromptSampler:
+        """A copy whose entry i is drawn `factors[i]` times as often (the hard-prompt curriculum)."""
+        out = PromptSampler(self.config)
+        out.weights = self.weights * factors.to(self.weights.dtype)
+        return out
+
+    def probability(self, mask: list[bool]) -> float:
+        """P(a draw is one of the entries where `mask` is True)."""
+        return float(self.weights[torch.tensor(mask, dtype=torch.bool)].sum() / self.weights.sum())
+
     @classmethod
     def from_rewards_config(cls, datasets: str | None, prompts: list[str], weights: dict[str, float]) -> PromptSampler:
         """From a YAML path, or from inline prompts sharing one set of reward weights."""

@@ -165,6 +165,27 @@ class ScoredRollout:
     all_weights: torch.Tensor | None = None
 
 
+def score_images(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    rewards: Mapping[str, Reward],
+    sample_weights: Sequence[Mapping[str, float]],
+    group_size: int,
+) -> tuple[list[str], dict[str, RewardOutput], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every reward on every image, in alphabetical order (§6.5).
+
+    Returns:
+        (reward names, outputs by name, rewards (N, K) fp32 with NaN = not scored, weights (N, K), weighted total (N,)).
+    """
+    if len(sample_weights) != len(images):
+        raise DeepGenInputError(f"got {len(sample_weights)} weight sets for {len(images)} images; give one per image.")
+    names = sorted(rewards)
+    outputs = {name: rewards[name](list(images), list(prompts), group_size=group_size) for name in names}
+    matrix = score_matrix({n: o.scores for n, o in outputs.items()}, names)
+    weights = weight_matrix([dict(w) for w in sample_weights], names)
+    return names, outputs, matrix, weights, weighted_total(matrix, weights)
+
+
 def score_rollout(
     ro: Rollout,
     rewards: Mapping[str, Reward],
@@ -179,14 +200,9 @@ def score_rollout(
         sample_weights: per image, reward name -> weight (its dataset's weights; missing rewards weigh 0).
         normalize: compute advantages here (False when the trainer normalises over all ranks after a gather).
     """
-    if len(sample_weights) != len(ro.images):
-        raise DeepGenInputError(f"got {len(sample_weights)} weight sets for {len(ro.images)} images; give one per image.")
-    names = sorted(rewards)
     started = time.perf_counter()
-    outputs = {name: rewards[name](ro.images, ro.prompts, group_size=ro.group_size) for name in names}
-    matrix = score_matrix({n: o.scores for n, o in outputs.items()}, names)
-    weights = weight_matrix([dict(w) for w in sample_weights], names)
-    scored = ScoredRollout(ro, names, outputs, matrix, weights, weighted_total(matrix, weights), reward_seconds=time.perf_counter() - started)
+    names, outputs, matrix, weights, total = score_images(ro.images, ro.prompts, rewards, sample_weights, ro.group_size)
+    scored = ScoredRollout(ro, names, outputs, matrix, weights, total, reward_seconds=time.perf_counter() - started)
     if normalize:
         scored.advantages = compute_advantages(matrix, weights, ro.group_size, advantage_mode, advantage_clip)
     return scored

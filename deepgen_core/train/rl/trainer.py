@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ...errors import DeepGenInputError
@@ -32,6 +33,7 @@ from ..metrics import MetricsLog
 from ..modeling import DeepGenTrainModel, build_components
 from ..optim import build_optimizer, build_scheduler
 from ..trainer import derived_seed
+from . import curriculum
 from .advantages import compute_advantages
 from .config import RLConfig
 from .prompts import PromptSampler
@@ -144,6 +146,8 @@ class RLTrainer:
             acc.init_trackers("tensorboard", config={"config": cfg.to_json()})
         ckpt = CheckpointManager(self.out / "checkpoints", acc, cfg.run.keep_last)
         ckpt.remove_partial()
+        if cfg.curriculum.hard_weight != 1.0:
+            self._apply_curriculum(model)  # before resuming: difficulty is the starting model's
         step = self._resume(ckpt, model, optimizer, scheduler)
         sft = SFTAuxStream(cfg.sft, cfg.policy.sft_micro_batch_size, cfg.run.seed, self.rank, self.world) if cfg.policy.sft_coef > 0 else None
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
@@ -174,6 +178,31 @@ class RLTrainer:
         acc.wait_for_everyone()
         acc.end_training()
         return result
+
+    def _apply_curriculum(self, model) -> None:
+        """Score every distinct prompt with the starting model (or read `curriculum.json`) and reweight the sampler."""
+        cfg, acc = self.config, self.accelerator
+        c = cfg.curriculum
+        items = curriculum.distinct_prompts(self.prompts)
+        settings = {"images_per_prompt": c.images_per_prompt, "seed": cfg.run.seed, "model": cfg.model.source,
+                    "rollout": [cfg.rollout.height, cfg.rollout.width, cfg.rollout.num_inference_steps, cfg.rollout.guidance_scale]}
+        path = self.out / curriculum.FILE_NAME
+        scores = curriculum.load_scores(path, settings, items)
+        if scores is None:
+            started = time.perf_counter()
+            pipe = acc.unwrap_model(model).inner.pipeline()
+            with acc.autocast():
+                mine = curriculum.score_prompts(pipe, items[self.rank :: self.world], self.rewards, self.settings, c.images_per_prompt,
+                                                c.batch_size, derived_seed(cfg.run.seed, 0, self.rank, 4))
+            scores = gather_object(mine) if self.world > 1 else mine
+            if acc.is_main_process:
+                curriculum.save_scores(path, scores, settings)
+            acc.wait_for_everyone()
+            logger.info("curriculum: scored %d distinct prompts in %.0f s", len(items), time.perf_counter() - started)
+        self.prompts, summary = curriculum.reweighted(self.prompts, scores, c.threshold, c.hard_weight)
+        hard = {(s.dataset, s.prompt) for s in scores if s.score < c.threshold}
+        share = self.prompts.probability([(d.name, p) in hard for p, d in self.prompts.entries])
+        logger.info("curriculum: hard prompts per dataset %s; drawn with weight %g: %.0f%% of draws", summary, c.hard_weight, 100 * share)
 
     def _resume(self, ckpt: CheckpointManager, model, optimizer, scheduler) -> int:
         how = self.config.run.resume
