@@ -216,6 +216,22 @@ def test_resume_after_interruption_repeats_the_run(tmp_path):
     assert torch.equal(load_file(str(straight.vae_file))["taesd_decoder.1.weight"], load_file(str(resumed.vae_file))["taesd_decoder.1.weight"])
 
 
+def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path):
+    """train_encoder: false (from init_vae) trains the decoder alone: encoder weights, and so every latent a DiT was
+    trained on, stay bit-identical while the decoder learns; without init_vae it is refused."""
+    images = flat_shapes(40, 16)
+    kw = {"image_size": 16, "batch_size": 4, "max_steps": 5, "log_every": 1, "optim": {"lr": 1e-3, "warmup_steps": 1}}
+    start = train_vae(small_config(tmp_path / "a", **kw), images=images).vae_file
+    tuned = train_vae(small_config(tmp_path / "b", **kw, init_vae=str(start), train_encoder=False), images=images).vae_file
+    before, after = load_file(str(start)), load_file(str(tuned))
+    encoder = [k for k in before if k.startswith("taesd_encoder.")]
+    decoder = [k for k in before if k.startswith("taesd_decoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    with pytest.raises(DeepGenInputError, match="give init_vae"):
+        small_config(tmp_path, train_encoder=False)
+
+
 def test_images_come_from_index_files_with_edit_inputs(tmp_path):
     from deepgen_core.train.synthetic import write_synthetic_dataset
 

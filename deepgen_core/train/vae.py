@@ -63,6 +63,7 @@ class VAEConfig:
     seed: int = field(default=0, metadata={"help": "seed of the initial weights, the holdout split, batches and noise"})
     channels: int = field(default=COMFY_BLOCK_CHANNELS, metadata={"help": "block width; ComfyUI's TAESD loader needs 64 (smaller only for tests)"})
     init_vae: str | None = field(default=None, metadata={"help": "start from this tiny-VAE file (ours or a 16-channel ComfyUI TAESD file) instead of random weights"})
+    train_encoder: bool = field(default=True, metadata={"help": "false: freeze the encoder of `init_vae` and train only the decoder, so the latent space stays the one a DiT was trained in and a trained DeepGen can take the new decoder"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the pixel L1 loss"})
     mse_weight: float = field(default=1.0, metadata={"help": "weight of the pixel MSE loss"})
     latent_reg_weight: float = field(default=1e-3, metadata={"help": "weight of mean^2 + (log var)^2 per channel of the model-space latents (pulls them to N(0, 1))"})
@@ -96,6 +97,8 @@ class VAEConfig:
             raise DeepGenInputError("decoder_noise_fraction must be in [0, 1] and decoder_noise_sigma >= 0.")
         if self.optim.warmup_steps >= self.max_steps:
             raise DeepGenInputError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below max_steps ({self.max_steps}).")
+        if not self.train_encoder and not self.init_vae:
+            raise DeepGenInputError("train_encoder: false fine-tunes the decoder of an existing VAE; give init_vae (e.g. a model folder's deepgen-vae.safetensors).")
         if self.mixed_precision not in ("bf16", "no") or self.save_dtype not in SAVE_DTYPES:
             raise DeepGenInputError(f"mixed_precision must be 'bf16' or 'no' and save_dtype one of {sorted(SAVE_DTYPES)}.")
         if self.channels != COMFY_BLOCK_CHANNELS:
@@ -243,6 +246,8 @@ def train_vae(config: VAEConfig, images: torch.Tensor | None = None) -> VAETrain
     train_images, held_out = train_images.to(acc.device), held_out.to(acc.device)
     logger.info("%d training and %d held-out images of %dx%d on %s", len(train_images), len(held_out), config.image_size, config.image_size, acc.device)
     vae = build_vae(config).to(acc.device, memory_format=torch.channels_last)
+    if not config.train_encoder:
+        vae.encoder.requires_grad_(False)
     optimizer = build_optimizer(vae, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.max_steps)
     ckpt = CheckpointManager(out / "checkpoints", acc, config.keep_last)
