@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from accelerate.utils import gather_object
+from torch import nn
 from tqdm.auto import tqdm
 
 from ...errors import DeepGenInputError
