@@ -303,8 +303,9 @@ def test_curriculum_draws_the_prompts_the_start_model_gets_wrong_more_often(tmp_
     # other settings score again; the threshold is a fraction of the total reward weight
     assert curriculum.load_scores(tmp_path / "run" / curriculum.FILE_NAME, {"other": 1}, curriculum.distinct_prompts(trainer.prompts)) is None
     scores = [curriculum.PromptScore("inline", p, s) for p, s in zip(PROMPTS, (1.0, 0.25, float("nan")))]
-    sampler, summary = curriculum.reweighted(PromptSampler.from_rewards_config(None, prompts, {"keyed": 1.0}), scores, 0.2, 9.0)
-    assert sampler.weights.tolist() == [1.0] * 4 and summary == {"inline": {"prompts": 3, "hard": 0}}
+    sampler, summary, share = curriculum.reweighted(PromptSampler.from_rewards_config(None, prompts, {"keyed": 1.0}), scores, 0.2, 9.0)
+    assert sampler.weights.tolist() == [1.0] * 4 and summary == {"inline": {"prompts": 3, "hard": 0}} and share == 0.0
+    assert curriculum.reweighted(sampler, scores, 0.5, 9.0)[2] == pytest.approx(0.75)
     for bad, match in (({"hard_weight": 0.0}, "hard_weight must be > 0"), ({"threshold": 1.5}, r"threshold must be in \(0, 1\]"),
                        ({"images_per_prompt": 0}, "images_per_prompt and curriculum.batch_size must be >= 1")):
         with pytest.raises(DeepGenInputError, match=match):

@@ -78,20 +78,23 @@ def score_prompts(pipe, items: list[tuple[str, str, dict[str, float]]], rewards:
     return scores
 
 
-def reweighted(sampler: PromptSampler, scores: list[PromptScore], threshold: float, hard_weight: float) -> tuple[PromptSampler, dict[str, dict[str, int]]]:
+def reweighted(sampler: PromptSampler, scores: list[PromptScore], threshold: float,
+               hard_weight: float) -> tuple[PromptSampler, dict[str, dict[str, int]], float]:
     """The sampler with every entry whose prompt scored below `threshold` weighted `hard_weight` times more.
 
     Returns:
-        the new sampler and, per dataset, how many distinct prompts were scored and how many are hard.
+        the new sampler; per dataset, how many distinct prompts were scored and how many are hard; the share of
+        draws that are hard prompts.
     """
     hard = {(s.dataset, s.prompt) for s in scores if s.score < threshold}
-    factors = torch.tensor([hard_weight if (d.name, p) in hard else 1.0 for p, d in sampler.entries], dtype=torch.float64)
+    is_hard = [(d.name, p) in hard for p, d in sampler.entries]
+    out = sampler.scaled(torch.tensor([hard_weight if h else 1.0 for h in is_hard], dtype=torch.float64))
     summary: dict[str, dict[str, int]] = {}
     for s in scores:
         row = summary.setdefault(s.dataset, {"prompts": 0, "hard": 0})
         row["prompts"] += 1
         row["hard"] += int((s.dataset, s.prompt) in hard)
-    return sampler.scaled(factors), summary
+    return out, summary, out.probability(is_hard)
 
 
 def save_scores(path: Path, scores: list[PromptScore], settings: dict) -> None:

@@ -199,9 +199,7 @@ class RLTrainer:
                 curriculum.save_scores(path, scores, settings)
             acc.wait_for_everyone()
             logger.info("curriculum: scored %d distinct prompts in %.0f s", len(items), time.perf_counter() - started)
-        self.prompts, summary = curriculum.reweighted(self.prompts, scores, c.threshold, c.hard_weight)
-        hard = {(s.dataset, s.prompt) for s in scores if s.score < c.threshold}
-        share = self.prompts.probability([(d.name, p) in hard for p, d in self.prompts.entries])
+        self.prompts, summary, share = curriculum.reweighted(self.prompts, scores, c.threshold, c.hard_weight)
         logger.info("curriculum: hard prompts per dataset %s; drawn with weight %g: %.0f%% of draws", summary, c.hard_weight, 100 * share)
 
     def _resume(self, ckpt: CheckpointManager, model, optimizer, scheduler) -> int:
