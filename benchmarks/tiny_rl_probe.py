@@ -48,7 +48,9 @@ def main() -> None:
             "rewards.weights={ocr: 1.0}", "rewards.options.ocr.workers=1", f"rollout.prompts_per_step={len(prompts)}",
             f"rollout.group_size={args.group}", f"policy.micro_batch_size={len(prompts) * args.group}", f"optim.lr={args.lr}",
             "optim.warmup_steps=0", f"run.max_steps={args.steps}", f"run.output_dir={out}", "run.save_every=0",
-            "run.save_images_every=0", "distributed.mixed_precision=no", "distributed.cpu=true", *args.set,
+            "run.save_images_every=0", "distributed.mixed_precision=no", "distributed.cpu=true",
+            "curriculum.hard_weight=1",  # the probe's prompts are drawn evenly, as chosen (the recipe reweights hard ones)
+            *args.set,
         ]
         if args.kl_beta is not None:
             overrides.append(f"policy.kl_beta={args.kl_beta}")
