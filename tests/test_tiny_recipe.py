@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from deepgen_core.train.tiny_recipe import (
     DEFAULT_RECIPES,
@@ -20,6 +22,8 @@ from deepgen_core.train.tiny_recipe import (
 SMOKE = {  # recipe file -> dotted keys to shrink (everything else is the shipped recipe)
     "data.yaml": {"n_t2i": 24, "n_text": 8, "n_edit": 8, "rl_text_prompts": 4, "rl_shape_prompts": 4, "workers": 0},
     "vae.yaml": {"max_steps": 3, "batch_size": 4, "holdout": 4, "optim.warmup_steps": 1, "mixed_precision": "no", "cpu": True, "save_every": 0, "eval_every": 0, "log_every": 1},
+    "vae_decoder.yaml": {"max_steps": 3, "batch_size": 4, "holdout": 4, "optim.warmup_steps": 1, "mixed_precision": "no", "cpu": True, "save_every": 0, "eval_every": 0, "log_every": 1,
+                         "optim.lr": 1e-3, "max_images_per_source": 6},
     "stage1.yaml": {"micro_batch_size": 2, "max_steps": 2, "optim.warmup_steps": 1, "data.num_workers": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "checkpoint.save_every": 0},
     "stage2.yaml": {"micro_batch_size": 2, "max_steps": 2, "optim.warmup_steps": 1, "data.num_workers": 0, "distributed": {"mixed_precision": "no", "cpu": True}, "checkpoint.save_every": 0},
     "stage3.yaml": {"rollout.group_size": 2, "rollout.prompts_per_step": 2, "rollout.num_inference_steps": 2, "policy.micro_batch_size": 4,
@@ -54,6 +58,13 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path):
     for export in ("stage1/export", "stage2/export", "stage3/export", "package"):
         assert (out / export / "deepgen.json").is_file(), export
     assert records["package"]["bytes"] <= 30e6
+    # The decoder step trains the decoder of step `vae`'s VAE and freezes its encoder; the models carry that VAE.
+    joint, tuned, packaged = (load_file(out / f) for f in ("vae/vae.safetensors", "vae-decoder/vae.safetensors", "package/deepgen-vae.safetensors"))
+    assert joint.keys() == tuned.keys() == packaged.keys()
+    encoder = [k for k in joint if k.startswith("taesd_encoder.")]
+    assert encoder and all(torch.equal(joint[k], tuned[k]) for k in encoder)
+    assert any(not torch.equal(joint[k], tuned[k]) for k in joint if k.startswith("taesd_decoder."))
+    assert all(torch.equal(tuned[k], packaged[k]) for k in tuned)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["stage3"]["t2i"]["colour"] <= 1.0
     # A re-run skips every finished step (nothing retrains); removing a marker reruns only that step.

@@ -241,6 +241,37 @@ def test_images_come_from_index_files_with_edit_inputs(tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (4 + 4 * 3, 3, 16, 16)  # edit: output + two inputs
 
 
+def test_divergence_is_a_clear_error(tmp_path):
+    config = small_config(tmp_path, max_steps=20, log_every=5, optim={"lr": 1e6, "warmup_steps": 0})
+    with pytest.raises(DeepGenInputError, match=r"VAE training diverged: the loss is (nan|inf) by step \d+ .*lower optim.lr"):
+        train_vae(config, images=flat_shapes(40, 32))
+
+
+def test_image_caps_per_source_and_in_all(tmp_path, monkeypatch):
+    """`max_images_per_source` caps each source (an edit record gives several images), `max_images` the total;
+    the trainer passes both from its config."""
+    from deepgen_core.train import vae as vae_module
+    from deepgen_core.train.synthetic import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(tmp_path / "data", n=4, size=32)
+    sources = f"sources=[{{path: {paths['edit']}, format: edit}}, {{path: {paths['blip3o']}, format: blip3o}}]"
+    config = load_vae_config(None, [sources, "image_size=16"])
+    every = load_images(config.sources, 16)
+    assert len(every) == 4 * 3 + 4
+    capped = load_images(config.sources, 16, per_source=5)
+    assert len(capped) == 5 + 4 and torch.equal(capped[:5], every[:5]) and torch.equal(capped[5:], every[12:])
+    assert len(load_images(config.sources, 16, max_images=7)) == 7
+    assert len(load_images(config.sources, 16, max_images=7, per_source=5)) == 7
+    seen = {}
+    monkeypatch.setattr(vae_module, "load_images", lambda *a, **k: seen.update(k) or every)
+    monkeypatch.setattr(vae_module, "build_vae", lambda c: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        vae_module.train_vae(load_vae_config(None, [sources, "image_size=16", "holdout=2", "cpu=true", "max_images=9", "max_images_per_source=5", f"output_dir={tmp_path / 'run'}"]))
+    assert seen == {"max_images": 9, "per_source": 5}
+    with pytest.raises(DeepGenInputError, match="max_images_per_source must be >= 1"):
+        load_vae_config(None, [sources, "max_images_per_source=0"])
+
+
 def test_bad_config_errors():
     with pytest.raises(DeepGenInputError, match="sources is empty"):
         VAEConfig()
@@ -253,6 +284,9 @@ def test_bad_config_errors():
 def test_shipped_recipe_parses():
     config = load_vae_config(Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny" / "vae.yaml")
     assert config.channels == 64 and config.image_size == 128 and config.batch_size == 64 and len(config.sources) == 3
+    decoder = load_vae_config(Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny" / "vae_decoder.yaml")
+    assert not decoder.train_encoder and decoder.init_vae == "{run}/vae/vae.safetensors" and decoder.output_dir == "{run}/vae-decoder"
+    assert decoder.max_images_per_source == 24000 and len(decoder.sources) == 3 and decoder.channels == config.channels
 
 
 # ------------------------------------------------------------------------------------------------ real ComfyUI

@@ -6,13 +6,15 @@ would type them (the resolved recipes are kept in `<out>/recipes/` for that):
 1. `data`: the procedural tiny world (`deepgen_core.tiny_world`): shapes, edit triplets and words, plus the RL
    prompt sets.
 2. `vae`: the 16-channel TAESD-layout VAE (`deepgen train vae`).
-3. `init`: the untrained DeepGen-Tiny (`presets.deepgen_tiny_architecture`) with that VAE, saved converted.
-4. `stage1`: alignment pre-training (`deepgen train pretrain`); the DiT trains from scratch here, since there
+3. `decoder`: more training of that VAE's decoder alone (`deepgen train vae ... train_encoder=false`); the frozen
+   encoder keeps the latent space, so this VAE file is the one every later step uses.
+4. `init`: the untrained DeepGen-Tiny (`presets.deepgen_tiny_architecture`) with that VAE, saved converted.
+5. `stage1`: alignment pre-training (`deepgen train pretrain`); the DiT trains from scratch here, since there
    is no pretrained tiny DiT to align to (the reference keeps its pretrained DiT frozen).
-5. `stage2`: joint SFT with the VLM LoRA (`deepgen train sft`).
-6. `stage3`: MR-GRPO with the OCR reward on the text prompts and the shape-world reward (`deepgen train rl`).
-7. `eval`: the acceptance metrics of stages 2 and 3 on held-out prompts (`tiny_world.evaluate_all`).
-8. `package`: the stage-3 model in fp16 as the embedded default (checked against the 30 MB budget).
+6. `stage2`: joint SFT with the VLM LoRA (`deepgen train sft`).
+7. `stage3`: MR-GRPO with the OCR reward on the text prompts and the shape-world reward (`deepgen train rl`).
+8. `eval`: the acceptance metrics of stages 2 and 3 on held-out prompts (`tiny_world.evaluate_all`).
+9. `package`: the stage-3 model in fp16 as the embedded default (checked against the 30 MB budget).
 
 Every finished step leaves `<out>/<step>.done` (JSON with its wall time); a re-run skips finished steps and the
 training steps resume from their own checkpoints, so an interrupted run continues where it stopped. The recipe
@@ -38,7 +40,7 @@ from ..errors import DeepGenInputError
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("data", "vae", "init", "stage1", "stage2", "stage3", "eval", "package")
+STEPS = ("data", "vae", "decoder", "init", "stage1", "stage2", "stage3", "eval", "package")
 PACKAGE_BUDGET_BYTES = 30 * 1000 * 1000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPES = REPO_ROOT / "train" / "recipes" / "tiny"
@@ -62,6 +64,11 @@ class TinyRun:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(source.read_text().replace("{run}", str(self.out)))
         return target
+
+    @property
+    def vae_file(self) -> Path:
+        """The VAE of the run's models: step `decoder`'s output (its encoder is step `vae`'s, frozen)."""
+        return self.out / "vae-decoder" / "vae.safetensors"
 
     def settings(self, name: str) -> dict:
         return yaml.safe_load(self.recipe(name).read_text()) or {}
@@ -91,11 +98,16 @@ def step_vae(run: TinyRun) -> dict:
     return {}
 
 
+def step_decoder(run: TinyRun) -> dict:
+    run.deepgen("train", "vae", "--config", str(run.recipe("vae_decoder.yaml")))
+    return {"vae_file": str(run.vae_file)}
+
+
 def step_init(run: TinyRun) -> dict:
     from ..loading import load_vae_file, save_converted
     from ..presets import deepgen_tiny_architecture
 
-    vae = load_vae_file(run.out / "vae" / "vae.safetensors")
+    vae = load_vae_file(run.vae_file)
     components = deepgen_tiny_architecture(seed=run.settings("data.yaml")["seed"], vae=vae)
     save_converted(components, run.out / "init", dtype=torch.float32)
     return {"parameters": {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in ("encoder", "transformer", "vae")}}
@@ -128,15 +140,14 @@ STAGE_EXPORTS = {"stage1": "stage1/export", "stage2": "stage2/export", "stage3":
 
 
 def load_stage(run: TinyRun, name: str):
-    """A stage's export (fp32) with the VAE exactly as the VAE step wrote it (fp16): the stage exports carry a
+    """A stage's export (fp32) with the VAE exactly as the decoder step wrote it (fp16): the stage exports carry a
     bf16 copy of the frozen VAE, and bf16 keeps fewer mantissa bits than the fp16 original."""
     from ..loading import load_vae_file
     from ..pipeline import DeepGenPipeline
 
     pipe = DeepGenPipeline.from_pretrained(run.out / STAGE_EXPORTS[name], torch_dtype=torch.float32)
-    vae_file = run.out / "vae" / "vae.safetensors"
-    if vae_file.is_file():
-        pipe.vae = load_vae_file(vae_file).eval()
+    if run.vae_file.is_file():
+        pipe.vae = load_vae_file(run.vae_file).eval()
     return pipe
 
 
@@ -191,7 +202,7 @@ def step_package(run: TinyRun) -> dict:
 
 
 STEP_FUNCTIONS: dict[str, Callable[[TinyRun], dict]] = {
-    "data": step_data, "vae": step_vae, "init": step_init,
+    "data": step_data, "vae": step_vae, "decoder": step_decoder, "init": step_init,
     "stage1": step_stage("pretrain", "stage1.yaml"), "stage2": step_stage("sft", "stage2.yaml"), "stage3": step_stage("rl", "stage3.yaml"),
     "eval": step_eval, "package": step_package,
 }

@@ -57,6 +57,7 @@ class VAEConfig:
     sources: list[SourceConfig] = field(default_factory=list, metadata={"help": "image index files in the stage-1/2 formats (blip3o, caption_json, edit: input and output images, tar)"})
     image_size: int = field(default=128, metadata={"help": "side of the square training images (shorter side resized, centre crop); a multiple of 8"})
     max_images: int | None = field(default=None, metadata={"help": "use at most this many images (None: all)"})
+    max_images_per_source: int | None = field(default=None, metadata={"help": "use at most this many images of each source (None: all), so a large source (an edit record gives 2+ images) does not dominate the mix"})
     holdout: int = field(default=16, metadata={"help": "images kept out of training, for the reconstruction PSNR"})
     batch_size: int = field(default=64, metadata={"help": "images per optimizer step"})
     max_steps: int = field(default=4000, metadata={"help": "optimizer steps"})
@@ -93,6 +94,8 @@ class VAEConfig:
             raise DeepGenInputError(f"image_size must be a positive multiple of 8 (the VAE factor), got {self.image_size}.")
         if self.batch_size < 1 or self.max_steps < 1 or self.holdout < 1:
             raise DeepGenInputError("batch_size, max_steps and holdout must be >= 1.")
+        if any(n is not None and n < 1 for n in (self.max_images, self.max_images_per_source)):
+            raise DeepGenInputError(f"max_images and max_images_per_source must be >= 1 or null, got {self.max_images} and {self.max_images_per_source}.")
         if not 0 <= self.decoder_noise_fraction <= 1 or self.decoder_noise_sigma < 0:
             raise DeepGenInputError("decoder_noise_fraction must be in [0, 1] and decoder_noise_sigma >= 0.")
         if self.optim.warmup_steps >= self.max_steps:
@@ -241,7 +244,8 @@ def train_vae(config: VAEConfig, images: torch.Tensor | None = None) -> VAETrain
     acc = build_accelerator(DistributedConfig(mixed_precision="no", cpu=on_cpu), config.batch_size, 1, config.optim.grad_clip, out)
     if acc.num_processes > 1:
         raise DeepGenInputError("the VAE trainer runs on one process; launch it without accelerate/torchrun.")
-    images = load_images(config.sources, config.image_size) if images is None else images
+    if images is None:
+        images = load_images(config.sources, config.image_size, max_images=config.max_images, per_source=config.max_images_per_source)
     train_images, held_out = split_holdout(images, config.holdout, config.seed)
     train_images, held_out = train_images.to(acc.device), held_out.to(acc.device)
     logger.info("%d training and %d held-out images of %dx%d on %s", len(train_images), len(held_out), config.image_size, config.image_size, acc.device)
@@ -294,6 +298,9 @@ def _log(metrics: MetricsLog, sums: dict[str, torch.Tensor], step: int, lr: floa
     count = sums.pop("_count")
     values = {k: (v / count).item() for k, v in sums.items()}
     values["lr"] = lr
+    if not math.isfinite(values["loss"]):
+        raise DeepGenInputError(f"VAE training diverged: the loss is {values['loss']} by step {step} (lr {lr:.3g}); lower optim.lr "
+                                f"or raise optim.warmup_steps, and start again with resume=never.")
     values["psnr/train"] = 10 * math.log10(4 / max(values["mse"], 1e-10))  # [-1, 1] pixels: peak-to-peak 2
     metrics.record_step(step, values)
     result.losses.append(values["loss"])

@@ -56,7 +56,8 @@ def _record_images(dataset: SourceDataset, index: int, size: int) -> list[torch.
     return [square_uint8(image, size) for image in images]
 
 
-def load_images(sources: list[SourceConfig], size: int, max_images: int | None = None, workers: int = 8) -> torch.Tensor:
+def load_images(sources: list[SourceConfig], size: int, max_images: int | None = None, workers: int = 8,
+                per_source: int | None = None) -> torch.Tensor:
     """Decode every image of `sources` into one (N, 3, size, size) uint8 tensor (CPU).
 
     Args:
@@ -64,6 +65,8 @@ def load_images(sources: list[SourceConfig], size: int, max_images: int | None =
         size: side of the square training images.
         max_images: stop after this many images (None: all).
         workers: decoding threads (PIL releases the GIL while decoding).
+        per_source: at most this many images from each source (None: all), so a large source does not
+            dominate the mix (e.g. 64k edit records give 128k images).
     Raises:
         DeepGenInputError: when no source yields an image.
     """
@@ -71,16 +74,19 @@ def load_images(sources: list[SourceConfig], size: int, max_images: int | None =
     images: list[torch.Tensor] = []
     for source in sources:
         dataset = _NativeSizeSource(source, data)
+        caps = [n for n in (per_source, None if max_images is None else max_images - len(images)) if n is not None]
+        cap = min(caps) if caps else None  # images still wanted from this source
         # Every record gives at least one image: never decode more records than images still wanted.
-        count = len(dataset) if max_images is None else min(len(dataset), max_images - len(images))
+        count = len(dataset) if cap is None else min(len(dataset), cap)
+        taken: list[torch.Tensor] = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for record_images in pool.map(lambda i, d=dataset: _record_images(d, i, size), range(count)):
-                images.extend(record_images)
-                if max_images is not None and len(images) >= max_images:
+                taken.extend(record_images)
+                if cap is not None and len(taken) >= cap:
                     break
+        images.extend(taken if cap is None else taken[:cap])
         logger.info("source %r: %d images so far", source.name, len(images))
         if max_images is not None and len(images) >= max_images:
-            images = images[:max_images]
             break
     if not images:
         raise DeepGenInputError(f"the VAE data sources {[s.path for s in sources]} hold no readable image; check the index files and image_root.")
