@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -41,7 +42,10 @@ def image_tokens(size: int, n_refs: int, ref_size: int = 512) -> int:
 
 
 def reference_images(n: int) -> list[Image.Image]:
-    return [Image.effect_noise((512, 512), 64 + 16 * i).convert("RGB") for i in range(n)]
+    """`n` seeded grey-noise 512² references. (Until session 10 this used PIL's `Image.effect_noise`, whose unseeded
+    RNG drew a different reference every call: edits compared across variants then differed by their input.)"""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(np.clip(rng.normal(128, 64 + 16 * i, (512, 512)), 0, 255).astype(np.uint8)).convert("RGB") for i in range(n)]
 
 
 class StepCounter:
