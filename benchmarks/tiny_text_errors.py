@@ -3,9 +3,9 @@
     python3 benchmarks/tiny_text_errors.py                         # the embedded model
     python3 benchmarks/tiny_text_errors.py --model runs/deepgen-tiny/stage3/export --pairs black/green,green/black
 
-Part 1 renders the first `--n` held-out word prompts (20 steps, CFG 4, seed 0, as the evaluation does) and lists
+Part 1 renders the first `--n` held-out word prompts (20 steps, CFG 4, seed 0, as `evaluate_text` does) and lists
 every misread word with what OCR read, counted by (text colour, background). Part 2 renders every *training*
-(word, colour pair) combination of `--pairs` with `--seeds` seeds each (ODE, `--steps` steps, the rollout's) and
+(word, colour pair) combination of `--pairs` with `--seeds` seeds each (ODE, `--steps` steps as the rollout, CFG 4) and
 prints the share read right per pair and how many of the seeds each prompt gets right: a prompt right under no
 seed gives an RL group no signal. CPU, a few minutes.
 """
@@ -21,16 +21,11 @@ import torch
 from deepgen_core.pipeline import DeepGenPipeline
 from deepgen_core.presets import deepgen_tiny_dir
 from deepgen_core.rewards.ocr import OCRReward, normalize_text
+from deepgen_core.tiny_world.evaluate import _generate
 from deepgen_core.tiny_world.sampling import TEXT_COMBOS, heldout_texts
 from deepgen_core.tiny_world.world import TextScene, describe_text
 
-
-def _render(pipe, prompts: list[str], seed: int, steps: int, batch: int) -> list:
-    generator = torch.Generator().manual_seed(seed)
-    images = []
-    for start in range(0, len(prompts), batch):
-        images += pipe(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=4.0, height=128, width=128, generator=generator).images
-    return images
+# `_generate` is the evaluation's own renderer (batch b seeded `seed + b`), so part 1 sees what evaluate_text sees.
 
 
 def main() -> None:
@@ -49,7 +44,7 @@ def main() -> None:
     try:
         if args.n:
             samples = heldout_texts(args.n, 0)
-            reads = ocr.recognize_many(_render(pipe, [s.prompt for s in samples], 0, 20, args.batch))
+            reads = ocr.recognize_many(_generate(pipe, [s.prompt for s in samples], None, 0, 20, 4.0, args.batch, 128))
             wrong = [(s.scene, r) for s, r in zip(samples, reads) if normalize_text(r) != normalize_text(s.scene.word)]
             print(f"held-out: {args.n - len(wrong)} of {args.n} read exactly")
             totals = collections.Counter((s.scene.colour, s.scene.background) for s in samples)
@@ -62,7 +57,7 @@ def main() -> None:
         if combos:
             rng = np.random.default_rng(0)
             prompts = [describe_text(TextScene(*c), rng) for c in combos]
-            images = [img for seed in range(args.seeds) for img in _render(pipe, prompts, 100 + seed, args.steps, args.batch)]
+            images = [img for seed in range(args.seeds) for img in _generate(pipe, prompts, None, 1000 * (seed + 1), args.steps, 4.0, args.batch, 128)]
             reads = ocr.recognize_many(images)
             right = np.array([normalize_text(r) == normalize_text(combos[i % len(combos)][0]) for i, r in enumerate(reads)]).reshape(args.seeds, -1)
             for pair in pairs:
