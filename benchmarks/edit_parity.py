@@ -27,16 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from baseline import use_reference_attention
-from measure import Scenario, generate
+from measure import Scenario, generate, rel_l2
 from real_size_smoke import real_size_components
 
 from deepgen_core.pipeline import DeepGenPipeline
 
 SCENARIOS = [Scenario("t2i_512_b1", 512, 1), Scenario("edit_512_1ref", 512, 1, 1)]
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def render_all(pipe: DeepGenPipeline, steps: int) -> dict[str, torch.Tensor]:

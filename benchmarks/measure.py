@@ -41,6 +41,12 @@ def image_tokens(size: int, n_refs: int, ref_size: int = 512) -> int:
     return (size // 16) ** 2 + n_refs * (ref_size // 16) ** 2
 
 
+def rel_l2(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """|value - reference| / |reference| (L2 over all elements, in fp32)."""
+    reference = reference.float()
+    return ((value.float() - reference).norm() / reference.norm()).item()
+
+
 def reference_images(n: int) -> list[Image.Image]:
     """`n` seeded grey-noise 512² references. (Until session 10 this used PIL's `Image.effect_noise`, whose unseeded
     RNG drew a different reference every call: edits compared across variants then differed by their input.)"""
@@ -138,7 +144,7 @@ def benchmark_scenario(pipe, scenario: Scenario, steps: int, runs: int, warmup: 
     if reference is not None and reference.shape == latents.shape:
         diff = (latents.float() - reference.float())
         row["max_abs_diff_vs_baseline"] = diff.abs().max().item()
-        row["rel_l2_vs_baseline"] = (diff.norm() / reference.float().norm()).item()
+        row["rel_l2_vs_baseline"] = rel_l2(latents, reference)
     row["latents"] = latents
     return row
 
