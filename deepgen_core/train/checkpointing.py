@@ -127,9 +127,11 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------------------------- saving
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> Path:
+    def save(self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
+             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Collective: every process must call it. `state` is JSON-serialisable trainer state (step, data
-        position, metrics...). Returns the final checkpoint folder."""
+        position, metrics...); `extra` maps a name to more tensors the trainer keeps (written by the main process as
+        `<name>.safetensors`, read back with `load_extra`). Returns the final checkpoint folder."""
         acc = self.accelerator
         name = f"step-{step:08d}"
         tmp, final = self.root / f".tmp-{name}", self.root / name
@@ -138,6 +140,9 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         self._write_payload(tmp, model, optimizer, scheduler)
+        if acc.is_main_process:
+            for name, tensors in (extra or {}).items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         _save_rng(tmp, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -181,6 +186,14 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------- loading
+
+    @staticmethod
+    def load_extra(folder: str | Path, name: str) -> dict[str, torch.Tensor]:
+        """The tensors a `save(..., extra={name: ...})` wrote into `folder`."""
+        path = Path(folder) / f"{name}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{folder} has no {path.name}: it was written by a run with other settings; resume with those, or start a new output_dir.")
+        return load_file(str(path))
 
     def load(self, folder: str | Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         """Restore model, optimizer, scheduler and this rank's RNG from `folder`; returns the trainer state."""

@@ -44,8 +44,17 @@ class RLRolloutConfig:
     same_noise_per_group: bool = _help(True, "one initial noise per prompt for its G images (reference init_same_noise)")
 
 
+ALGORITHMS = ("grpo", "nft")
+
+
 @dataclass
 class PolicyConfig:
+    algorithm: str = _help("grpo", "'grpo': MR-GRPO's clipped policy gradient on the SDE steps' log-probs (reference default); 'nft': DiffusionNFT "
+                           "(the reference trainer's alternative, arXiv 2509.16117): reward-weighted flow matching on the rollouts' clean "
+                           "samples with implicit positive/negative policies; works with deterministic rollouts (rollout.eta: 0)")
+    nft_beta: float = _help(1.0, "DiffusionNFT's implicit guidance strength beta (algorithm 'nft')")
+    nft_old_decay: float = _help(0.0, "DiffusionNFT's soft update of the rollout ('old') policy after each step: old <- d old + (1 - d) theta; "
+                                 "0 rolls out with the current policy (algorithm 'nft')")
     timestep_fraction: float = _help(0.6, "fraction of the denoising steps trained per rollout (random subset, sorted)")
     include_last_step: bool = _help(False, "allow the last step (deterministic for CPS) in the subset")
     clip_range: float = _help(1e-4, "PPO ratio clip c")
@@ -127,6 +136,15 @@ class RLConfig:
             raise DeepGenInputError(f"policy.timestep_fraction must be in (0, 1], got {p.timestep_fraction}.")
         if int(r.num_inference_steps * p.timestep_fraction) < 1:
             raise DeepGenInputError("policy.timestep_fraction x rollout.num_inference_steps trains no step; raise one of them.")
+        if r.eta == 0 and r.same_noise_per_group:
+            raise DeepGenInputError("rollout.eta 0 (deterministic rollouts) with rollout.same_noise_per_group makes the images of a group identical, "
+                                    "so no advantage; set rollout.same_noise_per_group: false.")
+        if p.algorithm not in ALGORITHMS:
+            raise DeepGenInputError(f"policy.algorithm must be one of {list(ALGORITHMS)}, got {p.algorithm!r}.")
+        if p.nft_beta <= 0:
+            raise DeepGenInputError(f"policy.nft_beta must be > 0, got {p.nft_beta}.")
+        if not 0 <= p.nft_old_decay < 1:
+            raise DeepGenInputError(f"policy.nft_old_decay must be in [0, 1), got {p.nft_old_decay}.")
         if p.advantage_mode not in ADVANTAGES:
             raise DeepGenInputError(f"policy.advantage_mode must be one of {sorted(ADVANTAGES)}, got {p.advantage_mode!r}.")
         if p.advantage_scope not in ("global", "per_rank"):

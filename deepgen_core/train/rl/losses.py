@@ -1,4 +1,5 @@
-"""MR-GRPO losses as pure functions (reference notes §6.7): ratio, clipped policy loss, clip fraction, v-space KL."""
+"""RL losses as pure functions: MR-GRPO's ratio, clipped policy loss, clip fraction and v-space KL (reference notes
+§6.7), and the DiffusionNFT objective (the reference trainer's alternative algorithm, §6.7 "alternatives")."""
 
 from __future__ import annotations
 
@@ -37,3 +38,29 @@ def velocity_kl(velocity: torch.Tensor, ref_velocity: torch.Tensor, std: torch.T
     """
     std = torch.as_tensor(std, dtype=torch.float32, device=velocity.device)
     return ((velocity.float() - ref_velocity.float()) ** 2 / (2 * std**2 + 1e-7)).flatten(1).mean(1)
+
+
+def nft_optimality(advantages: torch.Tensor) -> torch.Tensor:
+    """DiffusionNFT's optimality probability r = 0.5 + 0.5 clip(A, -1, 1) in [0, 1] from normalised advantages (N,)
+    (Zheng et al. 2025, arXiv 2509.16117: the group-centred reward over a global scale, clipped). r = 0.5, a group
+    whose images all score the same, leaves the model unchanged."""
+    return 0.5 + 0.5 * advantages.float().clamp(-1.0, 1.0)
+
+
+def nft_loss(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor, optimality: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-sample DiffusionNFT loss (B,) on a forward-noised clean sample:
+    r ||v+ - v||^2 + (1 - r) ||v- - v||^2 with the implicit positive policy v+ = (1 - beta) v_old + beta v_theta and
+    the implicit negative v- = (1 + beta) v_old - beta v_theta, squared norms as means over C, h, w.
+
+    At v_theta = v_old its gradient is 2 beta (2r - 1)(v_old - v): flow matching towards samples with r > 0.5 and away
+    from those with r < 0.5, and the quadratic keeps v_theta near v_old when the data is reused.
+
+    Args:
+        velocity: v_theta (B, C, h, w), with grad; old_velocity: v_old, the rollout policy's, no grad.
+        target: the flow-matching target eps - x0; optimality: r (B,) in [0, 1]; beta: the implicit guidance strength.
+    """
+    v, old, tgt = velocity.float(), old_velocity.float(), target.float()
+    positive = (1 - beta) * old + beta * v
+    negative = (1 + beta) * old - beta * v
+    r = optimality.float().to(v.device)
+    return r * (positive - tgt).pow(2).flatten(1).mean(1) + (1 - r) * (negative - tgt).pow(2).flatten(1).mean(1)

@@ -1,6 +1,8 @@
 """The MR-GRPO trainer (reference notes §6): rollout -> rewards -> advantages -> policy update, per step.
 
-Only the DiT trains; a frozen copy of the starting DiT is the KL reference (§6.1). Every random draw of step s on
+Only the DiT trains; a frozen copy of the starting DiT is the KL reference (§6.1). With `policy.algorithm: nft`
+(DiffusionNFT) a second frozen copy is the rollout ("old") policy, soft-updated towards the trained DiT after every
+step (`policy.nft_old_decay`; 0 copies it) and saved with the checkpoints when it differs from the DiT. Every random draw of step s on
 rank r (prompts, rollout noise, SFT batch noise) is seeded from (seed, s, r), and the trained timestep subset
 from (seed, s), so a resumed run repeats the uninterrupted one. Runs on one process, DDP or DeepSpeed ZeRO through
 the shared accelerate setup, with the shared atomic checkpoints.
@@ -109,11 +111,13 @@ class RLTrainer:
         log_with = ["tensorboard"] if config.run.tensorboard else None
         self.accelerator = build_accelerator(config.distributed, config.policy.micro_batch_size, self.backwards_per_update, config.optim.grad_clip, self.out, log_with)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.old: nn.Module | None = None  # DiffusionNFT's rollout policy (build_model)
 
     # ------------------------------------------------------------------------------------------- setup
 
     def build_model(self) -> tuple[PolicyModule, nn.Module]:
-        """The policy (DiT trainable, everything else frozen) and the frozen reference DiT (a copy of the start)."""
+        """The policy (DiT trainable, everything else frozen) and the frozen reference DiT (a copy of the start);
+        for DiffusionNFT also `self.old`, the rollout policy (another frozen copy, fp32 like the trained weights)."""
         cfg = self.config
         inner = DeepGenTrainModel(self._components if self._components is not None else build_components(cfg.model))
         if cfg.model.init_checkpoint:
@@ -129,7 +133,27 @@ class RLTrainer:
         inner.vae.eval()
         inner.transformer.train()
         device = self.accelerator.device
+        if cfg.policy.algorithm == "nft":
+            self.old = copy.deepcopy(inner.transformer).requires_grad_(False).eval().to(device)
         return PolicyModule(inner).to(device), ref.to(device)
+
+    @torch.no_grad()
+    def _update_old(self, model) -> None:
+        """DiffusionNFT's soft update old <- d old + (1 - d) theta after an RL step (d = policy.nft_old_decay)."""
+        decay = self.config.policy.nft_old_decay
+        current = dict(self.accelerator.unwrap_model(model).inner.transformer.named_parameters())
+        for name, param in self.old.named_parameters():
+            src = current[name].detach().to(param.dtype)
+            if decay == 0:
+                param.copy_(src)
+            else:
+                param.lerp_(src, 1 - decay)
+
+    def _old_extra(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The rollout policy's weights for a checkpoint, when they are not the trained DiT's (decay > 0)."""
+        if self.config.policy.algorithm != "nft" or self.config.policy.nft_old_decay == 0:
+            return None
+        return {"nft-old": {n: p for n, p in self.old.named_parameters()}}
 
     # ------------------------------------------------------------------------------------------- loop
 
@@ -149,6 +173,8 @@ class RLTrainer:
         if cfg.curriculum.hard_weight != 1.0:
             self._apply_curriculum(model)  # before resuming: difficulty is the starting model's
         step = self._resume(ckpt, model, optimizer, scheduler)
+        if step and cfg.policy.algorithm == "nft":
+            self._restore_old(ckpt, model)
         sft = SFTAuxStream(cfg.sft, cfg.policy.sft_micro_batch_size, cfg.run.seed, self.rank, self.world) if cfg.policy.sft_coef > 0 else None
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
         result = RLResult(self.out, step)
@@ -169,7 +195,7 @@ class RLTrainer:
             if step % cfg.run.log_every == 0 or step == last:
                 metrics.flush(step)
             if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == last:
-                ckpt.save(step, model, optimizer, scheduler, {"kind": "rl", "deepspeed": is_deepspeed(acc)})
+                ckpt.save(step, model, optimizer, scheduler, {"kind": "rl", "deepspeed": is_deepspeed(acc)}, extra=self._old_extra())
         bar.close()
         result.step = step
         if acc.is_main_process:
@@ -202,12 +228,25 @@ class RLTrainer:
         self.prompts, summary, share = curriculum.reweighted(self.prompts, scores, c.threshold, c.hard_weight)
         logger.info("curriculum: hard prompts per dataset %s; drawn with weight %g: %.0f%% of draws", summary, c.hard_weight, 100 * share)
 
-    def _resume(self, ckpt: CheckpointManager, model, optimizer, scheduler) -> int:
+    def _resume_folder(self, ckpt: CheckpointManager) -> Path | None:
         how = self.config.run.resume
-        folder = None if how == "never" else (ckpt.latest() if how == "auto" else Path(how))
+        return None if how == "never" else (ckpt.latest() if how == "auto" else Path(how))
+
+    def _resume(self, ckpt: CheckpointManager, model, optimizer, scheduler) -> int:
+        folder = self._resume_folder(ckpt)
         if folder is None:
             return 0
         return int(ckpt.load(folder, model, optimizer, scheduler)["step"])
+
+    def _restore_old(self, ckpt: CheckpointManager, model) -> None:
+        """DiffusionNFT's rollout policy after a resume: the trained DiT (decay 0) or the checkpoint's copy."""
+        if self.config.policy.nft_old_decay == 0:
+            self._update_old(model)
+            return
+        state = ckpt.load_extra(self._resume_folder(ckpt), "nft-old")
+        with torch.no_grad():
+            for name, param in self.old.named_parameters():
+                param.copy_(state[name].to(param.device, param.dtype))
 
     # ------------------------------------------------------------------------------------------- one step
 
@@ -218,7 +257,8 @@ class RLTrainer:
         pipe = acc.unwrap_model(model).inner.pipeline()
         generator = torch.Generator().manual_seed(derived_seed(cfg.run.seed, step, self.rank, 1))
         with acc.autocast():
-            ro = rollout(pipe, [d.prompt for d in draws], cfg.rollout.group_size, self.settings, generator)
+            ro = rollout(pipe, [d.prompt for d in draws], cfg.rollout.group_size, self.settings, generator,
+                         transformer=self.old if cfg.policy.algorithm == "nft" else None)
         weights = [d.reward_weights for d in draws for _ in range(cfg.rollout.group_size)]
         scored = score_rollout(ro, self.rewards, weights, normalize=False)
         self._advantages(scored)
@@ -248,8 +288,13 @@ class RLTrainer:
             def sft_loss() -> torch.Tensor:
                 batch, noise = sft.batch(step // cfg.policy.sft_every, acc.unwrap_model(model).inner)
                 return model(sft_batch=batch, sft_noise=noise)
+        nft = cfg.policy.algorithm == "nft"
+        noise = torch.Generator().manual_seed(derived_seed(cfg.run.seed, step, self.rank, 5)) if nft else None
         with acc.autocast():
-            values = policy_update(scored.rollout, scored.advantages.to(acc.device), model, ref, self.settings, cfg.policy, steps, backward, optimizer_step, sft_loss)
+            values = policy_update(scored.rollout, scored.advantages.to(acc.device), model, ref, self.settings, cfg.policy, steps, backward, optimizer_step,
+                                   sft_loss, old_model=self.old if nft else None, noise_generator=noise)
+        if nft:
+            self._update_old(model)
         t2 = time.perf_counter()
         values = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in values.items()}
         values.update(reward_metrics(scored))

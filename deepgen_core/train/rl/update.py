@@ -1,10 +1,16 @@
-"""The MR-GRPO policy update (reference notes §6.7-6.9) over a scored rollout.
+"""The policy update over a scored rollout: MR-GRPO (reference notes §6.7-6.9) or DiffusionNFT.
 
-For each trained step j (a random subset) and each micro-batch of images: recompute v_theta(x_j, t_j) with
+MR-GRPO: for each trained step j (a random subset) and each micro-batch of images, recompute v_theta(x_j, t_j) with
 gradients, score the stored x_{j+1} with the same SDE step as the rollout (fp32 log-probs), form the ratio, the
-clipped policy loss and the v-space KL to the frozen starting DiT, and back-propagate. The auxiliary SFT loss is
-mixed in as (1 - lambda) GRPO + lambda SFT. Optimizer semantics: one update per rollout batch by default;
-`reference_stepping` steps after every backward as the reference does (§9.12).
+clipped policy loss and the v-space KL to the frozen starting DiT, and back-propagate.
+
+DiffusionNFT (`policy.algorithm: nft`): for the same step subset, noise the rollout's final (clean) latents afresh to
+that step's sigma, x_t = (1 - sigma) x0 + sigma eps, and regress v_theta against eps - x0 through the implicit
+positive / negative policies around the rollout policy's v_old, weighted by each image's optimality (`losses.nft_loss`).
+Only the clean samples are used, so the rollout may be deterministic.
+
+The auxiliary SFT loss is mixed in as (1 - lambda) RL + lambda SFT. Optimizer semantics: one update per rollout batch
+by default; `reference_stepping` steps after every backward as the reference does (§9.12).
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ import torch
 
 from ...sampling import sde_step
 from .config import PolicyConfig
-from .losses import clip_fraction, clipped_policy_loss, probability_ratio, velocity_kl
+from .losses import (
+    clip_fraction,
+    clipped_policy_loss,
+    nft_loss,
+    nft_optimality,
+    probability_ratio,
+    velocity_kl,
+)
 from .rollout import Rollout, RolloutSettings, dit_velocity
 
 
@@ -51,7 +64,7 @@ def micro_batch_losses(model: torch.nn.Module, ref_model: torch.nn.Module, ro: R
         advantages: (N,) fp32 for the whole rollout batch.
     """
     x, x_next = ro.latents[step, rows], ro.latents[step + 1, rows]
-    emb = type(ro.embeddings)(*(t[rows] if t.shape[0] else t for t in vars(ro.embeddings).values()))
+    emb = _rows(ro.embeddings, rows)
     t = ro.timesteps[step]
     velocity = dit_velocity(model, x, t, emb, settings.guidance_scale)
     out = sde_step(settings.sampler, velocity, x, ro.sigmas[step], ro.sigmas[step + 1], eta=settings.eta, prev_latents=x_next)
@@ -68,6 +81,35 @@ def micro_batch_losses(model: torch.nn.Module, ref_model: torch.nn.Module, ro: R
                             clip_fraction(adv, ratio, policy.clip_range).detach(), (ratio - 1).abs().mean().detach())
 
 
+def _rows(embeddings, rows: slice):
+    return type(embeddings)(*(t[rows] if t.shape[0] else t for t in vars(embeddings).values()))
+
+
+def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module, ref_model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
+                           step: int, rows: slice, noise: torch.Tensor, settings: RolloutSettings, policy: PolicyConfig) -> MicroBatchLosses:
+    """DiffusionNFT loss + beta_KL x (mean squared velocity difference to the frozen starting DiT) for images `rows`,
+    forward-noised to the sigma of denoising step `step` with `noise` (same shape as the rows' latents)."""
+    x0 = ro.latents[-1, rows].float()
+    sigma = float(ro.sigmas[step])
+    eps = noise.to(x0.device, torch.float32)
+    x_t = ((1 - sigma) * x0 + sigma * eps).to(ro.latents.dtype)
+    emb = _rows(ro.embeddings, rows)
+    t = ro.timesteps[step]
+    velocity = dit_velocity(model, x_t, t, emb, settings.guidance_scale)
+    with torch.no_grad():
+        old_velocity = dit_velocity(old_model, x_t, t, emb, settings.guidance_scale)
+    optimality = nft_optimality(advantages[rows])
+    loss = nft_loss(velocity, old_velocity, eps - x0, optimality, policy.nft_beta).mean()
+    if policy.kl_beta > 0:
+        with torch.no_grad():
+            ref_velocity = dit_velocity(ref_model, x_t, t, emb, settings.guidance_scale)
+        kl = (velocity.float() - ref_velocity.float()).pow(2).flatten(1).mean(1).mean()
+    else:
+        kl = torch.zeros((), device=loss.device)
+    zero = torch.zeros((), device=loss.device)
+    return MicroBatchLosses(loss + policy.kl_beta * kl, loss.detach(), kl.detach(), zero, zero)
+
+
 def policy_update(
     ro: Rollout,
     advantages: torch.Tensor,
@@ -79,6 +121,8 @@ def policy_update(
     backward: Callable[[torch.Tensor, bool], None],
     optimizer_step: Callable[[], float | None],
     sft_loss: Callable[[], torch.Tensor] | None = None,
+    old_model: torch.nn.Module | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Back-propagate the GRPO loss over `steps` x micro-batches (+ the auxiliary SFT loss) and step the optimizer.
 
@@ -87,11 +131,16 @@ def policy_update(
             (DDP syncs and DeepSpeed reduces only there).
         optimizer_step: clips, steps optimizer and LR schedule, zeroes grads; returns the gradient norm.
         sft_loss: returns the auxiliary flow-matching loss (with grad), or None to skip it this step.
+        old_model: DiffusionNFT's rollout policy v_old (algorithm 'nft'; required there).
+        noise_generator: draws DiffusionNFT's forward noise, on the CPU in fp32, one tensor per (step, micro-batch).
 
     Returns:
         averaged metrics: loss/policy, kl, clip_frac, ratio_dev, loss/sft, grad_norm, optimizer_updates.
     """
     n = ro.latents.shape[1]
+    nft = policy.algorithm == "nft"
+    if nft and old_model is None:
+        raise ValueError("policy.algorithm 'nft' needs the rollout policy (old_model)")
     bounds = [slice(s, min(s + policy.micro_batch_size, n)) for s in range(0, n, policy.micro_batch_size)]
     jobs: list[tuple[int, slice] | None] = [(step, rows) for step in steps for rows in bounds]
     if sft_loss is not None:
@@ -107,7 +156,13 @@ def policy_update(
             backward(loss * policy.sft_coef, boundary)
             metrics["loss/sft"] = float(loss.detach())
         else:
-            parts = micro_batch_losses(model, ref_model, ro, advantages, job[0], job[1], settings, policy)
+            if nft:
+                rows = job[1]
+                shape = (rows.stop - rows.start, *ro.latents.shape[2:])
+                noise = torch.randn(shape, generator=noise_generator, dtype=torch.float32)
+                parts = nft_micro_batch_losses(model, old_model, ref_model, ro, advantages, job[0], rows, noise, settings, policy)
+            else:
+                parts = micro_batch_losses(model, ref_model, ro, advantages, job[0], job[1], settings, policy)
             backward(parts.loss * scale * mix, boundary)
             for key, value in zip(("loss/policy", "kl", "clip_frac", "ratio_dev"), (parts.policy, parts.kl, parts.clip_frac, parts.ratio_dev)):
                 metrics[key] += float(value) * scale

@@ -1,0 +1,107 @@
+"""DiffusionNFT in the RL trainer (`policy.algorithm: nft`): the loss maths, learning, the rollout ("old") policy and
+its soft update, and resuming with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_rl_trainer import tiny_config, tiny_rl_components
+
+from deepgen_core.errors import DeepGenInputError
+from deepgen_core.rewards import BrightnessReward
+from deepgen_core.train.rl.losses import nft_loss, nft_optimality
+from deepgen_core.train.rl.trainer import RLTrainer
+
+
+def _velocities(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    old, target = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    return old, target
+
+
+def test_optimality_is_the_clipped_advantage_mapped_to_0_1():
+    r = nft_optimality(torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 2.0]))
+    assert r.tolist() == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_nft_loss_pulls_towards_good_samples_and_pushes_from_bad_ones(beta):
+    old, target = _velocities()
+    r = torch.tensor([1.0, 0.5, 0.0])
+    v = old.clone().requires_grad_(True)
+    loss = nft_loss(v, old, target, r, beta)
+    # At v_theta = v_old both implicit policies equal v_old: every sample's loss is the plain flow-matching error.
+    assert torch.allclose(loss, (old - target).pow(2).flatten(1).mean(1))
+    loss.sum().backward()
+    expected = 2 * beta * (2 * r - 1)[:, None, None, None] * (old - target) / old[0].numel()
+    assert torch.allclose(v.grad, expected, atol=1e-6)
+    assert v.grad[1].abs().max() < 1e-7  # r = 0.5: no signal (up to rounding)
+    # A small step against the gradient moves the good sample's velocity towards the target, the bad one's away.
+    moved = old - 0.1 * v.grad * old[0].numel()
+    dist = lambda a: (a - target).pow(2).flatten(1).sum(1)
+    assert dist(moved)[0] < dist(old)[0] and dist(moved)[2] > dist(old)[2]
+
+
+def test_nft_loss_with_beta_one_and_r_one_is_flow_matching():
+    old, target = _velocities(1)
+    v = torch.randn_like(old)
+    loss = nft_loss(v, old, target, torch.ones(3), 1.0)
+    assert torch.allclose(loss, (v - target).pow(2).flatten(1).mean(1))
+
+
+def _nft_config(tmp_path, **sections):
+    policy = {"algorithm": "nft", "kl_beta": 0.0, **sections.pop("policy", {})}
+    rollout = {"eta": 0.0, "same_noise_per_group": False, **sections.pop("rollout", {})}
+    return tiny_config(tmp_path, policy=policy, rollout=rollout, **sections)
+
+
+@pytest.mark.slow
+def test_nft_raises_the_reward_from_deterministic_rollouts(tmp_path):
+    """Brightness reward through the linear preview decoder, ODE rollouts (eta 0): DiffusionNFT only needs the clean
+    samples, so the reward must rise without any SDE noise in the rollouts."""
+    config = _nft_config(tmp_path, rollout={"sampler": "cps_sde"}, optim={"lr": 3e-3}, run={"max_steps": 20})
+    history = RLTrainer(config, components=tiny_rl_components()).run().history
+    rewards = [h["reward"] for h in history]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.2, f"mean reward did not rise clearly: first 4 steps {first:.3f}, last 4 {last:.3f}"
+    assert all(h["clip_frac"] == 0 and h["optimizer_updates"] == 1 for h in history)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_the_rollout_policy_follows_the_trained_dit(tmp_path, decay):
+    """old <- d old + (1 - d) theta after each step; rollouts come from it, and with d = 0 it is the trained DiT."""
+    components = tiny_rl_components()
+    start = {n: p.detach().clone() for n, p in components.transformer.named_parameters()}
+    trainer = RLTrainer(_nft_config(tmp_path, policy={"nft_old_decay": decay}, run={"max_steps": 2}), rewards={"brightness": BrightnessReward()},
+                        components=components)
+    trainer.run()
+    theta = dict(components.transformer.named_parameters())  # trained in place
+    old = dict(trainer.old.named_parameters())
+    changed = [n for n in start if not torch.equal(theta[n].detach(), start[n])]
+    assert changed
+    for name in changed:
+        if decay == 0:
+            assert torch.equal(old[name], theta[name].detach()), name
+        else:  # two soft updates: strictly between the start and the trained weights
+            assert not torch.equal(old[name], theta[name].detach()) and not torch.equal(old[name], start[name]), name
+
+
+def test_resume_with_a_soft_updated_rollout_policy_repeats_the_run(tmp_path):
+    cfg = {"policy": {"nft_old_decay": 0.5}}
+    full = RLTrainer(_nft_config(tmp_path / "a", run={"max_steps": 4, "save_every": 2}, **cfg)).run()
+    RLTrainer(_nft_config(tmp_path / "b", run={"max_steps": 2, "save_every": 2}, **cfg)).run()
+    assert (tmp_path / "b" / "run" / "checkpoints" / "step-00000002" / "nft-old.safetensors").is_file()
+    resumed = RLTrainer(_nft_config(tmp_path / "b", run={"max_steps": 4, "save_every": 2}, **cfg)).run()
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[2:]]
+    assert [h["loss/policy"] for h in resumed.history] == [h["loss/policy"] for h in full.history[2:]]
+
+
+def test_nft_config_validation(tmp_path):
+    with pytest.raises(DeepGenInputError, match="policy.algorithm must be one of"):
+        tiny_config(tmp_path, policy={"algorithm": "ppo"})
+    with pytest.raises(DeepGenInputError, match="policy.nft_beta must be > 0"):
+        tiny_config(tmp_path, policy={"algorithm": "nft", "nft_beta": 0.0})
+    with pytest.raises(DeepGenInputError, match=r"policy.nft_old_decay must be in \[0, 1\)"):
+        tiny_config(tmp_path, policy={"algorithm": "nft", "nft_old_decay": 1.0})
+    with pytest.raises(DeepGenInputError, match="set rollout.same_noise_per_group: false"):
+        tiny_config(tmp_path, rollout={"eta": 0.0, "same_noise_per_group": True})
