@@ -53,6 +53,9 @@ class PolicyConfig:
                            "(the reference trainer's alternative, arXiv 2509.16117): reward-weighted flow matching on the rollouts' clean "
                            "samples with implicit positive/negative policies; works with deterministic rollouts (rollout.eta: 0)")
     nft_beta: float = _help(1.0, "DiffusionNFT's implicit guidance strength beta (algorithm 'nft')")
+    nft_guidance_scale: float = _help(1.0, "CFG scale of the velocities in the DiffusionNFT loss: 1 trains the conditional velocity only, as "
+                                      "DiffusionNFT's CFG-free training does (the unconditional branch, shared by every prompt, gets no gradient); "
+                                      "the rollout's scale trains the guided velocity")
     nft_old_decay: float = _help(0.0, "DiffusionNFT's soft update of the rollout ('old') policy after each step: old <- d old + (1 - d) theta; "
                                  "0 rolls out with the current policy (algorithm 'nft')")
     timestep_fraction: float = _help(0.6, "fraction of the denoising steps trained per rollout (random subset, sorted)")
@@ -143,6 +146,9 @@ class RLConfig:
             raise DeepGenInputError(f"policy.algorithm must be one of {list(ALGORITHMS)}, got {p.algorithm!r}.")
         if p.nft_beta <= 0:
             raise DeepGenInputError(f"policy.nft_beta must be > 0, got {p.nft_beta}.")
+        if p.nft_guidance_scale > 1 and r.guidance_scale <= 1:
+            raise DeepGenInputError("policy.nft_guidance_scale > 1 needs CFG rollouts (rollout.guidance_scale > 1, which encodes the negatives); "
+                                    "or set policy.nft_guidance_scale: 1.")
         if not 0 <= p.nft_old_decay < 1:
             raise DeepGenInputError(f"policy.nft_old_decay must be in [0, 1), got {p.nft_old_decay}.")
         if p.advantage_mode not in ADVANTAGES:

@@ -88,21 +88,23 @@ def _rows(embeddings, rows: slice):
 def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module, ref_model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                            step: int, rows: slice, noise: torch.Tensor, settings: RolloutSettings, policy: PolicyConfig) -> MicroBatchLosses:
     """DiffusionNFT loss + beta_KL x (mean squared velocity difference to the frozen starting DiT) for images `rows`,
-    forward-noised to the sigma of denoising step `step` with `noise` (same shape as the rows' latents)."""
+    forward-noised to the sigma of denoising step `step` with `noise` (same shape as the rows' latents). Velocities at
+    `policy.nft_guidance_scale` (1: conditional only; the rollout's CFG negatives are in the embeddings)."""
     x0 = ro.latents[-1, rows].float()
     sigma = float(ro.sigmas[step])
     eps = noise.to(x0.device, torch.float32)
     x_t = ((1 - sigma) * x0 + sigma * eps).to(ro.latents.dtype)
     emb = _rows(ro.embeddings, rows)
     t = ro.timesteps[step]
-    velocity = dit_velocity(model, x_t, t, emb, settings.guidance_scale)
+    scale = policy.nft_guidance_scale
+    velocity = dit_velocity(model, x_t, t, emb, scale)
     with torch.no_grad():
-        old_velocity = dit_velocity(old_model, x_t, t, emb, settings.guidance_scale)
+        old_velocity = dit_velocity(old_model, x_t, t, emb, scale)
     optimality = nft_optimality(advantages[rows])
     loss = nft_loss(velocity, old_velocity, eps - x0, optimality, policy.nft_beta).mean()
     if policy.kl_beta > 0:
         with torch.no_grad():
-            ref_velocity = dit_velocity(ref_model, x_t, t, emb, settings.guidance_scale)
+            ref_velocity = dit_velocity(ref_model, x_t, t, emb, scale)
         kl = (velocity.float() - ref_velocity.float()).pow(2).flatten(1).mean(1).mean()
     else:
         kl = torch.zeros((), device=loss.device)
