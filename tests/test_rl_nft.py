@@ -105,3 +105,22 @@ def test_nft_config_validation(tmp_path):
         tiny_config(tmp_path, policy={"algorithm": "nft", "nft_old_decay": 1.0})
     with pytest.raises(DeepGenInputError, match="set rollout.same_noise_per_group: false"):
         tiny_config(tmp_path, rollout={"eta": 0.0, "same_noise_per_group": True})
+
+
+def test_adaptive_weighting_bounds_each_samples_pull():
+    """With sigma the branch loss is mean(e^2) / sg(mean|e|), e = sigma (v_branch - v): at v_theta = v_old the gradient
+    is 2 beta (2r - 1) sigma e / (numel mean|e|), so a sample with a 100x larger error pulls no harder."""
+    old, target = _velocities(2)
+    old[1] = target[1] + 100 * (old[1] - target[1])
+    r = torch.tensor([1.0, 1.0, 0.0])
+    v = old.clone().requires_grad_(True)
+    sigma = 0.4
+    nft_loss(v, old, target, r, 1.0, sigma).sum().backward()
+    e = sigma * (old - target)
+    expected = 2 * (2 * r - 1)[:, None, None, None] * sigma * e / (old[0].numel() * e.flatten(1).abs().mean(1)[:, None, None, None])
+    assert torch.allclose(v.grad, expected, atol=1e-6)
+    norms = v.grad.flatten(1).norm(dim=1)
+    assert norms[1] < 2 * norms[0]  # the outlier's error is 100x larger, its pull is not
+    plain = old.clone().requires_grad_(True)
+    nft_loss(plain, old, target, r, 1.0).sum().backward()
+    assert plain.grad[1].norm() > 50 * plain.grad[0].norm()

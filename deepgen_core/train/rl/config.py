@@ -53,6 +53,8 @@ class PolicyConfig:
                            "(the reference trainer's alternative, arXiv 2509.16117): reward-weighted flow matching on the rollouts' clean "
                            "samples with implicit positive/negative policies; works with deterministic rollouts (rollout.eta: 0)")
     nft_beta: float = _help(1.0, "DiffusionNFT's implicit guidance strength beta (algorithm 'nft')")
+    nft_adaptive_weight: bool = _help(True, "DiffusionNFT's adaptive loss weighting: each branch's x0-space error over its own detached mean "
+                                      "absolute value (see losses.nft_loss); false: the plain v-space loss")
     nft_guidance_scale: float = _help(1.0, "CFG scale of the velocities in the DiffusionNFT loss: 1 trains the conditional velocity only, as "
                                       "DiffusionNFT's CFG-free training does (the unconditional branch, shared by every prompt, gets no gradient); "
                                       "the rollout's scale trains the guided velocity")

@@ -47,20 +47,33 @@ def nft_optimality(advantages: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * advantages.float().clamp(-1.0, 1.0)
 
 
-def nft_loss(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor, optimality: torch.Tensor, beta: float) -> torch.Tensor:
+def nft_loss(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor, optimality: torch.Tensor, beta: float,
+             sigma: float | None = None) -> torch.Tensor:
     """Per-sample DiffusionNFT loss (B,) on a forward-noised clean sample:
     r ||v+ - v||^2 + (1 - r) ||v- - v||^2 with the implicit positive policy v+ = (1 - beta) v_old + beta v_theta and
     the implicit negative v- = (1 + beta) v_old - beta v_theta, squared norms as means over C, h, w.
 
     At v_theta = v_old its gradient is 2 beta (2r - 1)(v_old - v): flow matching towards samples with r > 0.5 and away
-    from those with r < 0.5, and the quadratic keeps v_theta near v_old when the data is reused.
+    from those with r < 0.5; per sample the minimiser is v_old + (2r - 1)(v - v_old) / beta, so a sample never pulls
+    further than its own target.
+
+    With `sigma` (the noise level of x_t) each branch is DiffusionNFT's adaptively weighted x0-space error instead:
+    e = sigma (v_branch - v) is the error of the x0 prediction x_t - sigma v_branch, and the branch loss is
+    mean(e^2) / sg(mean |e|). Every sample then pulls with an O(sigma) gradient, however large its flow-matching
+    error: at high noise a single sample's target eps - x0 is mostly noise, and unweighted it dominates the update.
 
     Args:
         velocity: v_theta (B, C, h, w), with grad; old_velocity: v_old, the rollout policy's, no grad.
         target: the flow-matching target eps - x0; optimality: r (B,) in [0, 1]; beta: the implicit guidance strength.
+        sigma: the noise level of the forward-noised sample, for the adaptive weighting (None: plain v-space loss).
     """
     v, old, tgt = velocity.float(), old_velocity.float(), target.float()
-    positive = (1 - beta) * old + beta * v
-    negative = (1 + beta) * old - beta * v
     r = optimality.float().to(v.device)
-    return r * (positive - tgt).pow(2).flatten(1).mean(1) + (1 - r) * (negative - tgt).pow(2).flatten(1).mean(1)
+
+    def branch(prediction: torch.Tensor) -> torch.Tensor:
+        if sigma is None:
+            return (prediction - tgt).pow(2).flatten(1).mean(1)
+        err = (sigma * (prediction - tgt)).flatten(1)
+        return err.pow(2).mean(1) / err.detach().abs().mean(1).clamp_min(1e-5)
+
+    return r * branch((1 - beta) * old + beta * v) + (1 - r) * branch((1 + beta) * old - beta * v)

@@ -101,7 +101,7 @@ def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module, r
     with torch.no_grad():
         old_velocity = dit_velocity(old_model, x_t, t, emb, scale)
     optimality = nft_optimality(advantages[rows])
-    loss = nft_loss(velocity, old_velocity, eps - x0, optimality, policy.nft_beta).mean()
+    loss = nft_loss(velocity, old_velocity, eps - x0, optimality, policy.nft_beta, sigma if policy.nft_adaptive_weight else None).mean()
     if policy.kl_beta > 0:
         with torch.no_grad():
             ref_velocity = dit_velocity(ref_model, x_t, t, emb, scale)
