@@ -59,11 +59,12 @@ class PolicyConfig:
                                       "DiffusionNFT's CFG-free training does (the unconditional branch, shared by every prompt, gets no gradient); "
                                       "the rollout's scale trains the guided velocity")
     nft_old_decay: float = _help(0.0, "DiffusionNFT's soft update of the rollout ('old') policy after each step: old <- d old + (1 - d) theta; "
-                                 "0 rolls out with the current policy (algorithm 'nft')")
+                                 "0 rolls out with the current policy (algorithm 'nft'; the copy costs an fp32 DiT of memory, 8 GiB at real size)")
     timestep_fraction: float = _help(0.6, "fraction of the denoising steps trained per rollout (random subset, sorted)")
     include_last_step: bool = _help(False, "allow the last step (deterministic for CPS) in the subset")
     clip_range: float = _help(1e-4, "PPO ratio clip c")
-    kl_beta: float = _help(5e-7, "weight of the v-space KL to the frozen starting DiT")
+    kl_beta: float = _help(5e-7, "weight of the v-space KL to the frozen starting DiT (for 'nft': the mean squared velocity difference, "
+                                 "without the SDE std)")
     micro_batch_size: int = _help(32, "images per policy forward/backward")
     advantage_mode: str = _help("gdpo", f"one of {sorted(ADVANTAGES)}")
     advantage_clip: float = _help(5.0, "clamp advantages to [-clip, clip]")
