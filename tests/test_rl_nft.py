@@ -67,14 +67,18 @@ def test_nft_raises_the_reward_from_deterministic_rollouts(tmp_path):
     assert all(h["clip_frac"] == 0 and h["optimizer_updates"] == 1 for h in history)
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.5])
-def test_the_rollout_policy_follows_the_trained_dit(tmp_path, decay):
-    """old <- d old + (1 - d) theta after each step; rollouts come from it, and with d = 0 it is the trained DiT."""
+@pytest.mark.parametrize(("decay", "reference_stepping"), [(0.0, False), (0.0, True), (0.5, False)])
+def test_the_rollout_policy_follows_the_trained_dit(tmp_path, decay, reference_stepping):
+    """old <- d old + (1 - d) theta after each step, and rollouts come from it. At d = 0 with one update a step it is
+    the trained DiT itself (no copy); reference_stepping updates within a step, so it keeps a copy, equal after it."""
     components = tiny_rl_components()
     start = {n: p.detach().clone() for n, p in components.transformer.named_parameters()}
-    trainer = RLTrainer(_nft_config(tmp_path, policy={"nft_old_decay": decay}, run={"max_steps": 2}), rewards={"brightness": BrightnessReward()},
-                        components=components)
+    config = _nft_config(tmp_path, policy={"nft_old_decay": decay, "reference_stepping": reference_stepping}, run={"max_steps": 2})
+    trainer = RLTrainer(config, rewards={"brightness": BrightnessReward()}, components=components)
     trainer.run()
+    if decay == 0 and not reference_stepping:
+        assert trainer.old is None
+        return
     theta = dict(components.transformer.named_parameters())  # trained in place
     old = dict(trainer.old.named_parameters())
     changed = [n for n in start if not torch.equal(theta[n].detach(), start[n])]
@@ -84,6 +88,33 @@ def test_the_rollout_policy_follows_the_trained_dit(tmp_path, decay):
             assert torch.equal(old[name], theta[name].detach()), name
         else:  # two soft updates: strictly between the start and the trained weights
             assert not torch.equal(old[name], theta[name].detach()) and not torch.equal(old[name], start[name]), name
+
+
+def test_without_a_copy_v_old_is_the_dits_own_velocity():
+    """`old_model=None` (decay 0, one update a step) gives the same loss as an identical frozen copy, one forward fewer."""
+    import copy
+
+    from deepgen_core.pipeline import PromptEmbeddings
+    from deepgen_core.presets import tiny_components
+    from deepgen_core.train.rl.config import PolicyConfig
+    from deepgen_core.train.rl.rollout import Rollout, RolloutSettings
+    from deepgen_core.train.rl.update import nft_micro_batch_losses
+
+    dit = tiny_components(0).transformer
+    g = torch.Generator().manual_seed(0)
+    n, steps = 4, 3
+    latents = torch.randn(steps + 1, n, 16, 4, 4, generator=g)
+    dim = dit.config.joint_attention_dim
+    emb = PromptEmbeddings(torch.randn(n, 5, dim, generator=g), torch.randn(n, dit.config.pooled_projection_dim, generator=g),
+                           torch.zeros(0), torch.zeros(0))
+    ro = Rollout(["p"] * n, latents, torch.zeros(steps, n), torch.tensor([1000.0, 600.0, 300.0]), [1.0, 0.6, 0.3, 0.0], emb, [], 2)
+    policy = PolicyConfig(algorithm="nft", kl_beta=0.0)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    noise = torch.randn(n, 16, 4, 4, generator=g)
+    settings = RolloutSettings(guidance_scale=0.0)
+    shared = nft_micro_batch_losses(dit, None, dit, ro, adv, 1, slice(0, n), noise, settings, policy).loss
+    copied = nft_micro_batch_losses(dit, copy.deepcopy(dit), dit, ro, adv, 1, slice(0, n), noise, settings, policy).loss
+    assert torch.equal(shared, copied)
 
 
 def test_resume_with_a_soft_updated_rollout_policy_repeats_the_run(tmp_path):

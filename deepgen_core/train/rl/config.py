@@ -59,7 +59,8 @@ class PolicyConfig:
                                       "DiffusionNFT's CFG-free training does (the unconditional branch, shared by every prompt, gets no gradient); "
                                       "the rollout's scale trains the guided velocity")
     nft_old_decay: float = _help(0.0, "DiffusionNFT's soft update of the rollout ('old') policy after each step: old <- d old + (1 - d) theta; "
-                                 "0 rolls out with the current policy (algorithm 'nft'; the copy costs an fp32 DiT of memory, 8 GiB at real size)")
+                                 "0 rolls out with the trained DiT itself (algorithm 'nft'). A decay > 0, or reference_stepping, keeps a frozen copy: an "
+                                 "fp32 DiT of memory, 8 GiB at real size")
     timestep_fraction: float = _help(0.6, "fraction of the denoising steps trained per rollout (random subset, sorted)")
     include_last_step: bool = _help(False, "allow the last step (deterministic for CPS) in the subset")
     clip_range: float = _help(1e-4, "PPO ratio clip c")

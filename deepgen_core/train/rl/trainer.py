@@ -1,8 +1,9 @@
 """The MR-GRPO trainer (reference notes §6): rollout -> rewards -> advantages -> policy update, per step.
 
 Only the DiT trains; a frozen copy of the starting DiT is the KL reference (§6.1). With `policy.algorithm: nft`
-(DiffusionNFT) a second frozen copy is the rollout ("old") policy, soft-updated towards the trained DiT after every
-step (`policy.nft_old_decay`; 0 copies it) and saved with the checkpoints when it differs from the DiT. Every random draw of step s on
+(DiffusionNFT) the rollout ("old") policy is the trained DiT itself, or, with `policy.nft_old_decay` > 0 or
+`reference_stepping`, a second frozen copy soft-updated towards it after every step, saved with the checkpoints when it
+differs from the DiT. Every random draw of step s on
 rank r (prompts, rollout noise, SFT batch noise) is seeded from (seed, s, r), and the trained timestep subset
 from (seed, s), so a resumed run repeats the uninterrupted one. Runs on one process, DDP or DeepSpeed ZeRO through
 the shared accelerate setup, with the shared atomic checkpoints.
@@ -111,13 +112,14 @@ class RLTrainer:
         log_with = ["tensorboard"] if config.run.tensorboard else None
         self.accelerator = build_accelerator(config.distributed, config.policy.micro_batch_size, self.backwards_per_update, config.optim.grad_clip, self.out, log_with)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        self.old: nn.Module | None = None  # DiffusionNFT's rollout policy (build_model)
+        self.old: nn.Module | None = None  # DiffusionNFT's lagging rollout policy, if any (build_model)
 
     # ------------------------------------------------------------------------------------------- setup
 
     def build_model(self) -> tuple[PolicyModule, nn.Module]:
         """The policy (DiT trainable, everything else frozen) and the frozen reference DiT (a copy of the start);
-        for DiffusionNFT also `self.old`, the rollout policy (another frozen copy, fp32 like the trained weights)."""
+        for DiffusionNFT with a lagging rollout policy (decay > 0, or reference_stepping, which updates the DiT within a
+        step) also `self.old`, another frozen copy (fp32 like the trained weights)."""
         cfg = self.config
         inner = DeepGenTrainModel(self._components if self._components is not None else build_components(cfg.model))
         if cfg.model.init_checkpoint:
@@ -133,7 +135,8 @@ class RLTrainer:
         inner.vae.eval()
         inner.transformer.train()
         device = self.accelerator.device
-        if cfg.policy.algorithm == "nft":
+        p = cfg.policy
+        if p.algorithm == "nft" and (p.nft_old_decay > 0 or p.reference_stepping):
             self.old = copy.deepcopy(inner.transformer).requires_grad_(False).eval().to(device)
         return PolicyModule(inner).to(device), ref.to(device)
 
@@ -151,7 +154,7 @@ class RLTrainer:
 
     def _old_extra(self) -> dict[str, dict[str, torch.Tensor]] | None:
         """The rollout policy's weights for a checkpoint, when they are not the trained DiT's (decay > 0)."""
-        if self.config.policy.algorithm != "nft" or self.config.policy.nft_old_decay == 0:
+        if self.old is None or self.config.policy.nft_old_decay == 0:
             return None
         return {"nft-old": {n: p for n, p in self.old.named_parameters()}}
 
@@ -173,7 +176,7 @@ class RLTrainer:
         if cfg.curriculum.hard_weight != 1.0:
             self._apply_curriculum(model)  # before resuming: difficulty is the starting model's
         step = self._resume(ckpt, model, optimizer, scheduler)
-        if step and cfg.policy.algorithm == "nft":
+        if step and self.old is not None:
             self._restore_old(ckpt, model)
         sft = SFTAuxStream(cfg.sft, cfg.policy.sft_micro_batch_size, cfg.run.seed, self.rank, self.world) if cfg.policy.sft_coef > 0 else None
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
@@ -257,8 +260,7 @@ class RLTrainer:
         pipe = acc.unwrap_model(model).inner.pipeline()
         generator = torch.Generator().manual_seed(derived_seed(cfg.run.seed, step, self.rank, 1))
         with acc.autocast():
-            ro = rollout(pipe, [d.prompt for d in draws], cfg.rollout.group_size, self.settings, generator,
-                         transformer=self.old if cfg.policy.algorithm == "nft" else None)
+            ro = rollout(pipe, [d.prompt for d in draws], cfg.rollout.group_size, self.settings, generator, transformer=self.old)
         weights = [d.reward_weights for d in draws for _ in range(cfg.rollout.group_size)]
         scored = score_rollout(ro, self.rewards, weights, normalize=False)
         self._advantages(scored)
@@ -292,8 +294,8 @@ class RLTrainer:
         noise = torch.Generator().manual_seed(derived_seed(cfg.run.seed, step, self.rank, 5)) if nft else None
         with acc.autocast():
             values = policy_update(scored.rollout, scored.advantages.to(acc.device), model, ref, self.settings, cfg.policy, steps, backward, optimizer_step,
-                                   sft_loss, old_model=self.old if nft else None, noise_generator=noise)
-        if nft:
+                                   sft_loss, old_model=self.old, noise_generator=noise)
+        if self.old is not None:
             self._update_old(model)
         t2 = time.perf_counter()
         values = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in values.items()}

@@ -85,11 +85,12 @@ def _rows(embeddings, rows: slice):
     return type(embeddings)(*(t[rows] if t.shape[0] else t for t in vars(embeddings).values()))
 
 
-def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module, ref_model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
+def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module | None, ref_model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                            step: int, rows: slice, noise: torch.Tensor, settings: RolloutSettings, policy: PolicyConfig) -> MicroBatchLosses:
     """DiffusionNFT loss + beta_KL x (mean squared velocity difference to the frozen starting DiT) for images `rows`,
     forward-noised to the sigma of denoising step `step` with `noise` (same shape as the rows' latents). Velocities at
-    `policy.nft_guidance_scale` (1: conditional only; the rollout's CFG negatives are in the embeddings)."""
+    `policy.nft_guidance_scale` (1: conditional only; the rollout's CFG negatives are in the embeddings). `old_model`
+    None: v_old is the trained DiT's own velocity (no update has happened since the rollout)."""
     x0 = ro.latents[-1, rows].float()
     sigma = float(ro.sigmas[step])
     eps = noise.to(x0.device, torch.float32)
@@ -98,8 +99,11 @@ def nft_micro_batch_losses(model: torch.nn.Module, old_model: torch.nn.Module, r
     t = ro.timesteps[step]
     scale = policy.nft_guidance_scale
     velocity = dit_velocity(model, x_t, t, emb, scale)
-    with torch.no_grad():
-        old_velocity = dit_velocity(old_model, x_t, t, emb, scale)
+    if old_model is None:  # the rollout policy is the trained DiT as it is now: the same forward
+        old_velocity = velocity.detach()
+    else:
+        with torch.no_grad():
+            old_velocity = dit_velocity(old_model, x_t, t, emb, scale)
     optimality = nft_optimality(advantages[rows])
     loss = nft_loss(velocity, old_velocity, eps - x0, optimality, policy.nft_beta, sigma if policy.nft_adaptive_weight else None).mean()
     if policy.kl_beta > 0:
@@ -126,14 +130,15 @@ def policy_update(
     old_model: torch.nn.Module | None = None,
     noise_generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """Back-propagate the GRPO loss over `steps` x micro-batches (+ the auxiliary SFT loss) and step the optimizer.
+    """Back-propagate the GRPO or NFT loss over `steps` x micro-batches (+ the auxiliary SFT loss) and step the optimizer.
 
     Args:
         backward: `backward(loss, boundary)`; `boundary` is True for the last backward before an optimizer step
             (DDP syncs and DeepSpeed reduces only there).
         optimizer_step: clips, steps optimizer and LR schedule, zeroes grads; returns the gradient norm.
         sft_loss: returns the auxiliary flow-matching loss (with grad), or None to skip it this step.
-        old_model: DiffusionNFT's rollout policy v_old (algorithm 'nft'; required there).
+        old_model: DiffusionNFT's rollout policy v_old (algorithm 'nft'); None when it is the trained DiT itself, which
+            needs one optimizer update per step (not `reference_stepping`).
         noise_generator: draws DiffusionNFT's forward noise, on the CPU in fp32, one tensor per (step, micro-batch).
 
     Returns:
@@ -141,8 +146,8 @@ def policy_update(
     """
     n = ro.latents.shape[1]
     nft = policy.algorithm == "nft"
-    if nft and old_model is None:
-        raise ValueError("policy.algorithm 'nft' needs the rollout policy (old_model)")
+    if nft and old_model is None and policy.reference_stepping:
+        raise ValueError("policy.algorithm 'nft' with reference_stepping updates the DiT within a step: pass the rollout policy (old_model)")
     bounds = [slice(s, min(s + policy.micro_batch_size, n)) for s in range(0, n, policy.micro_batch_size)]
     jobs: list[tuple[int, slice] | None] = [(step, rows) for step in steps for rows in bounds]
     if sft_loss is not None:
