@@ -2,10 +2,10 @@
 
 Only the DiT trains; a frozen copy of the starting DiT is the KL reference (§6.1). With `policy.algorithm: nft`
 (DiffusionNFT) the rollout ("old") policy is the trained DiT itself, or, with `policy.nft_old_decay` > 0 or
-`reference_stepping`, a second frozen copy soft-updated towards it after every step, saved with the checkpoints when it
-differs from the DiT. Every random draw of step s on
-rank r (prompts, rollout noise, SFT batch noise) is seeded from (seed, s, r), and the trained timestep subset
-from (seed, s), so a resumed run repeats the uninterrupted one. Runs on one process, DDP or DeepSpeed ZeRO through
+`reference_stepping`, a second frozen copy soft-updated towards it after every step, saved with the checkpoints when
+it differs from the DiT. Every random draw of step s on rank r (prompts, rollout noise, SFT batch noise, NFT's forward
+noise) is seeded from (seed, s, r), and the trained timestep subset from (seed, s), so a resumed run repeats the
+uninterrupted one. Runs on one process, DDP or DeepSpeed ZeRO through
 the shared accelerate setup, with the shared atomic checkpoints.
 """
 
