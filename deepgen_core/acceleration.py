@@ -189,6 +189,35 @@ def compile_transformer(transformer: nn.Module, mode: CompileMode = "regional", 
     return transformer
 
 
+def set_block_compile(transformer: nn.Module, compile_kwargs: dict | None) -> bool:
+    """Switch the regional compile of the DiT's blocks on (`compile_kwargs`, as for `compile_transformer`) or off
+    (None), for hosts where one set of weights serves both a compiled and a plain model (ComfyUI's model copies).
+
+    `compile_transformer` installs a compiled call on each block for good; this keeps the compiled callables of
+    every setting used so far on the transformer and re-installs or removes them, so switching back and forth
+    never compiles again (dynamo's cache lives in those callables). Returns True when the blocks' call changed:
+    CUDA graphs captured before then replay the other forward and must be dropped.
+    """
+    blocks = [b for b in transformer.modules() if type(b).__name__ in getattr(transformer, "_repeated_blocks", ())]
+    stash: dict = transformer.__dict__.setdefault("_deepgen_compiled_blocks", {})
+    key = None if compile_kwargs is None else tuple(sorted({"fullgraph": True, "dynamic": True, **compile_kwargs}.items()))
+    if key is not None and key not in stash:
+        calls = [b.__dict__.get("_compiled_call_impl") for b in blocks]
+        compile_transformer(transformer, "regional", **compile_kwargs)
+        stash[key] = [b._compiled_call_impl for b in blocks]
+        for block, call in zip(blocks, calls):
+            block._compiled_call_impl = call  # installed below, as for a setting compiled before
+    wanted = [None] * len(blocks) if key is None else stash[key]
+    changed = False
+    for block, call in zip(blocks, wanted):
+        # `nn.Module.compile` keeps its compiled call in `_compiled_call_impl` (torch >= 2.2); None runs the plain
+        # forward. Setting it directly is the only way to take a compile back without rebuilding the module.
+        if block.__dict__.get("_compiled_call_impl") is not call:
+            block._compiled_call_impl = call
+            changed = True
+    return changed
+
+
 # The vision blocks are left eager: their attention splits windows on the host (graph breaks), and compiling
 # them made a 1-reference edit encode slower on an H100 (154 -> 203 ms).
 ENCODER_BLOCKS = ("Qwen2_5_VLDecoderLayer", "SiglipEncoderLayer")

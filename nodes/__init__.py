@@ -4,6 +4,7 @@ loads no weights."""
 from __future__ import annotations
 
 from ._comfy import ComfyExtension, io
+from .acceleration import DeepGenTorchCompile
 from .conditioning import DeepGenReferenceLatent, DeepGenThinkTokens, DeepGenVLMEncode
 from .loading import DeepGenLoader, register_folder
 from .rewards import DeepGenOCRReward
@@ -12,6 +13,7 @@ from .sampling import DeepGenSampler
 
 NODES: list[type[io.ComfyNode]] = [
     DeepGenLoader, DeepGenVLMEncode, DeepGenThinkTokens, DeepGenReferenceLatent, DeepGenSampler, DeepGenOCRReward, DeepGenRolloutPreview,
+    DeepGenTorchCompile,
 ]
 
 register_folder()

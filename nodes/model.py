@@ -8,14 +8,18 @@ parameters, same maths) so that `--lowvram` / `--novram` can stream the weights 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from ..deepgen_core.acceleration import set_block_compile
 from ..deepgen_core.models.transformer import ModulationLinear, ModulationMixin
 from ..deepgen_core.pipeline import DeepGenPipeline
 from ._comfy import model_management, model_patcher, ops
+
+logger = logging.getLogger(__name__)
 
 
 class ManagedModule(torch.nn.Module):
@@ -98,6 +102,7 @@ class DeepGenModel:
     scheduler: Any
     name: str
     num_think_tokens: int | None = None  # None: all trained think tokens
+    compile: tuple[tuple[str, Any], ...] | None = None  # torch.compile arguments of the DiT blocks (None: eager)
     cache: dict = field(default_factory=dict, compare=False, repr=False)  # the pipeline object, shared by copies
 
     @property
@@ -109,6 +114,11 @@ class DeepGenModel:
         # loaded model instead of swapping clones of it.
         return replace(self, num_think_tokens=count)
 
+    def with_compile(self, compile_kwargs: dict[str, Any] | None) -> DeepGenModel:
+        """A copy whose sampling runs the DiT blocks through `torch.compile(**compile_kwargs)` (None: eager). The
+        blocks are shared: each run installs the compiled (or plain) call its model asks for."""
+        return replace(self, compile=None if compile_kwargs is None else tuple(sorted(compile_kwargs.items())))
+
     def pipeline(self, *patchers: Any, memory_required: int = 0) -> DeepGenPipeline:
         """Load `patchers` (ours) together through ComfyUI's memory manager and return a pipeline running on the
         first one's device. The pipeline has no VAE: ComfyUI's VAE nodes encode and decode."""
@@ -118,7 +128,13 @@ class DeepGenModel:
             pipe = self.cache["pipeline"] = DeepGenPipeline(self.tokenizer, self.encoder.model.inner, self.transformer.model.inner, None, self.scheduler)
         pipe.execution_device = patchers[0].load_device
         # Partially loaded weights (--lowvram/--novram) are cast per call: nothing a CUDA graph could replay.
-        pipe.set_cuda_graphs(False if any(p.model.model_lowvram for p in patchers) else "auto")
+        partial = any(p.model.model_lowvram for p in patchers)
+        pipe.set_cuda_graphs(False if partial else "auto")
+        if self.transformer in patchers:
+            if partial and self.compile is not None:
+                logger.warning("DeepGen: the DiT is partially loaded (low VRAM); sampling it without torch.compile this time")
+            if set_block_compile(self.transformer.model.inner, None if partial or self.compile is None else dict(self.compile)):
+                pipe.release_cuda_graphs()  # graphs captured for the other forward
         return pipe
 
 

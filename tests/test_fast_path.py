@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepgen_core.acceleration import DiTGraphRunner, FP8Linear, fuse_qkv, quantize_fp8, unfuse_qkv
+from deepgen_core.acceleration import DiTGraphRunner, FP8Linear, fuse_qkv, quantize_fp8, set_block_compile, unfuse_qkv
 from deepgen_core.errors import DeepGenInputError
 from deepgen_core.pipeline import DeepGenPipeline
 from deepgen_core.presets import tiny_components, tiny_transformer
@@ -69,6 +69,28 @@ def test_regional_compile_equals_eager_and_keeps_the_step_callback():
     out = _latents(pipe, callback_on_step_end=lambda p, i, t, tensors: steps.append(i))
     assert steps == [0, 1, 2]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_block_compile_switches_on_and_off_without_compiling_again(monkeypatch):
+    """`set_block_compile` (ComfyUI's compiled model copies): each setting is compiled once and re-installed."""
+    pipe = _pipe()
+    expected = _latents(pipe)
+    blocks = pipe.transformer.transformer_blocks
+    compiles = []
+    compile_blocks = type(pipe.transformer).compile_repeated_blocks
+    monkeypatch.setattr(type(pipe.transformer), "compile_repeated_blocks", lambda self, **kw: compiles.append(kw) or compile_blocks(self, **kw))
+    assert not set_block_compile(pipe.transformer, None)  # already eager
+    assert set_block_compile(pipe.transformer, {"backend": "aot_eager"})
+    first = [b._compiled_call_impl for b in blocks]
+    assert all(first) and compiles == [{"fullgraph": True, "dynamic": True, "backend": "aot_eager"}]
+    torch.testing.assert_close(_latents(pipe), expected, rtol=1e-5, atol=1e-5)
+    assert not set_block_compile(pipe.transformer, {"backend": "aot_eager"})
+    assert set_block_compile(pipe.transformer, None) and all(b._compiled_call_impl is None for b in blocks)
+    assert _latents(pipe).equal(expected)
+    assert set_block_compile(pipe.transformer, {"backend": "aot_eager"})
+    assert [b._compiled_call_impl for b in blocks] == first and len(compiles) == 1
+    assert set_block_compile(pipe.transformer, {"backend": "aot_eager", "dynamic": False})  # another setting: compiled once more
+    assert len(compiles) == 2 and all(b._compiled_call_impl is not f for b, f in zip(blocks, first))
 
 
 def test_fp8_linear_storage_and_accuracy():

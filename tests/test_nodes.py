@@ -26,7 +26,8 @@ from deepgen_core.presets import deepgen_tiny_architecture, sd3_vae, tiny_compon
 REPO = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 REAL_COMFY = os.environ.get("COMFYUI_DIR")
-NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward", "DeepGenRolloutPreview"}
+NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward", "DeepGenRolloutPreview",
+            "DeepGenTorchCompile"}
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +197,60 @@ def test_think_tokens_node_clones_and_changes_conditioning(pack, loaded):
     assert _encode(pack, four)[0][0][0].shape[1] == full.shape[1] - 12
     with pytest.raises(ValueError, match="exceeds the 16 think tokens"):
         node.execute(model=model, mode="first_n", count=17)
+
+
+def _compiled_blocks(model) -> int:
+    return sum(b._compiled_call_impl is not None for b in model.transformer.model.inner.transformer_blocks)
+
+
+def test_torch_compile_node_compiles_only_its_copy(pack, loaded):
+    """The copy samples through compiled DiT blocks (AOT-eager here: dynamo's graph capture without code generation),
+    equal to the plain model; the input model keeps sampling eagerly; switching back and forth compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    model, _ = loaded
+    compiled = pack.nodes.acceleration.DeepGenTorchCompile.execute(model=model, backend="aot_eager", dynamic=True).args[0]
+    assert model.compile is None and dict(compiled.compile) == {"backend": "aot_eager", "dynamic": True}
+    positive, negative = _encode(pack, model)
+    plain = _sample(pack, model, positive, negative)["samples"]
+    assert _compiled_blocks(model) == 0
+    graphs = counters["stats"]["unique_graphs"]
+    out = _sample(pack, compiled, positive, negative)["samples"]
+    blocks = len(model.transformer.model.inner.transformer_blocks)
+    assert _compiled_blocks(model) == blocks
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo really traced the blocks
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    assert _sample(pack, model, positive, negative)["samples"].equal(plain) and _compiled_blocks(model) == 0
+    wide = _sample(pack, compiled, positive, negative, size=(96, 64), batch=2)["samples"]
+    assert _compiled_blocks(model) == blocks and wide.shape == (2, 16, 8, 12)
+    assert counters["stats"]["unique_graphs"] == graphs  # the stashed compile, dynamic over size and batch
+    assert _sample(pack, model, positive, negative)["samples"].equal(plain) and _compiled_blocks(model) == 0
+    assert "backend 'cudagraphs' is not available" in pack.nodes.acceleration.DeepGenTorchCompile.validate_inputs(backend="cudagraphs")
+
+
+def test_torch_compile_is_skipped_while_the_dit_is_partially_loaded(pack, loaded, monkeypatch, caplog):
+    """Low VRAM casts weights per call (ComfyUI's comfy.ops): the compiled copy then samples eagerly, with a warning."""
+    model, _ = loaded
+    compiled = pack.nodes.acceleration.DeepGenTorchCompile.execute(model=model, backend="aot_eager", dynamic=True).args[0]
+    positive, negative = _encode(pack, model)
+    plain = _sample(pack, model, positive, negative)["samples"]
+    mm = pack.nodes.model.model_management
+    load = mm.load_models_gpu
+
+    def load_partially(patchers, *args, **kwargs):
+        load(patchers, *args, **kwargs)
+        for p in patchers:
+            p.model.model_lowvram = True
+
+    monkeypatch.setattr(mm, "load_models_gpu", load_partially)
+    try:
+        with caplog.at_level("WARNING"):
+            out = _sample(pack, compiled, positive, negative)["samples"]
+        assert _compiled_blocks(model) == 0 and "partially loaded" in caplog.text
+        assert out.equal(plain)
+    finally:
+        model.transformer.model.model_lowvram = False
 
 
 def test_loader_folder_layout_equals_file_layout(pack, loaded):
