@@ -39,10 +39,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="more key=value overrides of stage3.yaml")
+    parser.add_argument("--out", default=None, help="keep the run folder here (its export/ is the trained model; default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prompts = list(args.prompt or PROMPTS)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         overrides = [
             f"model.source={args.model or deepgen_tiny_dir()}", "rewards.datasets=null", f"rewards.prompts={json.dumps(prompts)}",
             "rewards.weights={ocr: 1.0}", "rewards.options.ocr.workers=1", f"rollout.prompts_per_step={len(prompts)}",

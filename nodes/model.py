@@ -7,14 +7,17 @@ parameters, same maths) so that `--lowvram` / `--novram` can stream the weights 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..deepgen_core.acceleration import set_block_compile
+from ..deepgen_core.errors import DeepGenInputError
 from ..deepgen_core.models.transformer import ModulationLinear, ModulationMixin
 from ..deepgen_core.pipeline import DeepGenPipeline
 from ._comfy import model_management, model_patcher, ops
@@ -136,6 +139,23 @@ class DeepGenModel:
             if set_block_compile(self.transformer.model.inner, None if partial or self.compile is None else dict(self.compile)):
                 pipe.release_cuda_graphs()  # graphs captured for the other forward
         return pipe
+
+
+@contextlib.contextmanager
+def compile_errors(model: DeepGenModel) -> Iterator[None]:
+    """A failed `torch.compile` of a DeepGen Torch Compile copy (its first run compiles) as an actionable error
+    instead of dynamo's traceback; the plain model's errors pass through unchanged."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as error:
+        if model.compile is None:
+            raise
+        cause = getattr(error, "inner_exception", None) or error  # the backend's own error, when dynamo wrapped one
+        summary = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]
+        raise DeepGenInputError(
+            f"torch.compile of the DiT failed ({type(cause).__name__}: {summary}). Remove the DeepGen Torch Compile node to sample "
+            f"without it; its 'inductor' backend needs a C++ compiler on a CPU and Triton on a GPU ('aot_eager' only checks the graph)."
+        ) from error
 
 
 def activation_estimate(tokens: int, width: int, dtype: torch.dtype) -> int:

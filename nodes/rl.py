@@ -18,7 +18,7 @@ from ..deepgen_core.sampling import SDE_SAMPLERS
 from ..deepgen_core.train.rl.preview import rollout_preview
 from ._comfy import io, ui
 from .loading import DeepGenModelType
-from .model import activation_estimate
+from .model import activation_estimate, compile_errors
 
 
 class NativeVAEDecoder:
@@ -93,10 +93,11 @@ class DeepGenRolloutPreview(io.ComfyNode):
         tokens = 2 * len(lines) * group_size * (width * height // 256)
         pipe = model.pipeline(model.transformer, model.encoder, memory_required=activation_estimate(tokens, dit.inner_dim, dit.dtype))
         pipe.vae = NativeVAEDecoder(vae)
-        preview = rollout_preview(
-            pipe, lines, group_size=group_size, seed=seed, sampler=sampler, eta=eta, steps=steps, guidance_scale=cfg,
-            height=height, width=width, rewards=reward_fns, weights=weights,
-        )
+        with compile_errors(model):
+            preview = rollout_preview(
+                pipe, lines, group_size=group_size, seed=seed, sampler=sampler, eta=eta, steps=steps, guidance_scale=cfg,
+                height=height, width=width, rewards=reward_fns, weights=weights,
+            )
         captions, report = [], []
         for i, prompt in enumerate(preview.prompts):
             scores = ", ".join(f"{n} {'n/a' if preview.scores[n][i] is None else f'{preview.scores[n][i]:.3f}'}" for n in weights)

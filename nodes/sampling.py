@@ -10,7 +10,7 @@ from ..deepgen_core.pipeline import PromptEmbeddings
 from ..deepgen_core.sampling import SDE_SAMPLERS
 from ._comfy import comfy_utils, io, latent_formats, latent_preview, model_management
 from .loading import DeepGenModelType
-from .model import activation_estimate
+from .model import activation_estimate, compile_errors
 
 SAMPLERS = ["euler", *SDE_SAMPLERS]
 
@@ -106,8 +106,9 @@ class DeepGenSampler(io.ComfyNode):
         embeds = PromptEmbeddings(*(_per_sample(t, batch, name).to(device, dtype) for t, name in (
             (pos_seq, "positive"), (pos_pooled, "positive"), (neg_seq, "negative"), (neg_pooled, "negative"))))
         refs = None if refs is None else [[r.to(device, dtype) for r in sample] for sample in refs]
-        latents = pipe.denoise(
-            noise.to(device, dtype), embeds, refs, steps, cfg, shift, _progress(steps, device), ("latents", "denoised"),
-            sampler=sampler, eta=eta, generator=generator,
-        )
+        with compile_errors(model):
+            latents = pipe.denoise(
+                noise.to(device, dtype), embeds, refs, steps, cfg, shift, _progress(steps, device), ("latents", "denoised"),
+                sampler=sampler, eta=eta, generator=generator,
+            )
         return io.NodeOutput({"samples": to_vae_space(latents.float()).to(model_management.intermediate_device())})

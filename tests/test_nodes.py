@@ -229,6 +229,19 @@ def test_torch_compile_node_compiles_only_its_copy(pack, loaded):
     assert "backend 'cudagraphs' is not available" in pack.nodes.acceleration.DeepGenTorchCompile.validate_inputs(backend="cudagraphs")
 
 
+def test_a_failing_compile_is_a_clear_error_and_the_plain_model_still_samples(pack, loaded):
+    model, _ = loaded
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    broken = model.with_compile({"backend": broken_backend, "dynamic": True})
+    positive, negative = _encode(pack, model)
+    with pytest.raises(ValueError, match=r"torch.compile of the DiT failed .*no C\+\+ compiler found.*Remove the DeepGen Torch Compile node"):
+        _sample(pack, broken, positive, negative)
+    assert _sample(pack, model, positive, negative)["samples"].isfinite().all() and _compiled_blocks(model) == 0
+
+
 def test_torch_compile_is_skipped_while_the_dit_is_partially_loaded(pack, loaded, monkeypatch, caplog):
     """Low VRAM casts weights per call (ComfyUI's comfy.ops): the compiled copy then samples eagerly, with a warning."""
     model, _ = loaded
