@@ -38,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import PEAK_TFLOPS, StepCounter, dit_forward_flops, image_tokens, timed
 
-from deepgen_core.acceleration import FP8Linear, fuse_qkv, unfuse_qkv
+from deepgen_core.acceleration import (
+    FP8Linear,
+    compile_encoder_for_training,
+    fuse_qkv,
+    unfuse_qkv,
+)
 from deepgen_core.train.config import OptimConfig, build_config
 from deepgen_core.train.modeling import (
     DeepGenTrainModel,
@@ -58,7 +63,13 @@ STAGE2_VARIANTS = {
     "compiled_ckpt_off": {"checkpointing": False, "compile": True},
     "compiled_ckpt_on": {"checkpointing": True, "compile": True},
     "bf16_compiled_ckpt_off": {"checkpointing": False, "compile": True, "precision": "bf16"},
+    # torch.compile's mode "reduce-overhead": each compiled region also replays as a CUDA graph (cudagraph trees).
+    # Opt-in (not in DEFAULT_VARIANTS): on the H100 with torch 2.11+cu130 the process segfaulted in its first step
+    # (session 12, benchmarks/results/h100-session12/training_cudagraphs_segfault.txt).
+    "compiled_cudagraphs_ckpt_off": {"checkpointing": False, "compile": True, "cudagraphs": True},
+    "bf16_compiled_cudagraphs_ckpt_off": {"checkpointing": False, "compile": True, "cudagraphs": True, "precision": "bf16"},
 }
+DEFAULT_VARIANTS = [n for n, v in STAGE2_VARIANTS.items() if not v.get("cudagraphs")]
 
 
 def stage2_flops(model: DeepGenTrainModel, micro_batch: int, size: int, n_txt: int) -> float:
@@ -109,7 +120,7 @@ class _Stage2Model:
         for m in self.compiled_before:
             m._compiled_call_impl = None  # eager unless this variant compiles
 
-    def build(self, precision: str, checkpointing: bool, compile: bool) -> DeepGenTrainModel:
+    def build(self, precision: str, checkpointing: bool, compile: bool, cudagraphs: bool = False) -> DeepGenTrainModel:
         torch.manual_seed(0)  # LoRA init
         model = DeepGenTrainModel(self.pipe.components())
         self.trainable = setup_stage(model, build_config("sft"))
@@ -120,7 +131,11 @@ class _Stage2Model:
         if checkpointing:
             self.checkpointing = True
             enable_gradient_checkpointing(model)
-        if compile:
+        if compile and cudagraphs:  # compile_for_training's regions, in torch.compile's mode "reduce-overhead"
+            model.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True, mode="reduce-overhead")
+            self.compiled = {"transformer_blocks": len(model.transformer.transformer_blocks),
+                             **compile_encoder_for_training(model.encoder, mode="reduce-overhead")}
+        elif compile:
             self.compiled = compile_for_training(model)
         return model.train()
 
@@ -143,7 +158,7 @@ class _Stage2Model:
 
 
 def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, compile: bool = False,
-                precision: str = "autocast", runs: int = 5, profile: bool = False) -> dict:
+                precision: str = "autocast", runs: int = 5, profile: bool = False, cudagraphs: bool = False) -> dict:
     """Samples/s and model-FLOP utilisation of the project's stage-2 step (see the module docstring).
 
     Args:
@@ -151,6 +166,7 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
         micro_batch, size: samples per step and their side (text-to-image, one prompt repeated).
         checkpointing: gradient checkpointing of the DiT and VLM layers.
         compile: `compile_for_training` (inductor, regional, dynamic); the first call compiles.
+        cudagraphs: with `compile`, torch.compile's mode "reduce-overhead" (each region replays as a CUDA graph).
         precision: "autocast" (fp32 master weights, bf16 autocast) or "bf16" (bf16 weights and AdamW states).
         runs: timed steps after 2 warm-up steps.
         profile: also profile one more step (`profile_step`: GPU busy time, top kernels and host ops).
@@ -159,8 +175,8 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
         raise ValueError(f"precision must be 'autocast' or 'bf16', got {precision!r}.")
     state = _Stage2Model(pipe)
     try:
-        model = state.build(precision, checkpointing, compile)
-        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs, profile)
+        model = state.build(precision, checkpointing, compile, cudagraphs)
+        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs, profile, cudagraphs)
         row.update(trainable=state.trainable, compiled=state.compiled)
         del model
     finally:
@@ -168,11 +184,12 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
         del state
         gc.collect()
         torch.cuda.empty_cache()
-    row.update(precision=precision, checkpointing=checkpointing, compile=compile)
+    row.update(precision=precision, checkpointing=checkpointing, compile=compile, cudagraphs=cudagraphs)
     return row
 
 
-def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int, profile: bool = False) -> dict:
+def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int, profile: bool = False,
+                cudagraphs: bool = False) -> dict:
     """2 warm-up steps (the first compiles), then `runs` timed steps (each synchronised), as `Trainer._optimizer_step`."""
     batch = _cached_batch(model, micro_batch, size)
     device_type = model.transformer.device.type
@@ -186,6 +203,8 @@ def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autoc
 
     def step() -> None:
         index = next(counter)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten now
         noise = draw_step_noise(model, batch, torch.Generator().manual_seed(index))
         torch.manual_seed(index)  # LoRA dropout, seeded per micro-batch as the trainer does
         with autocast():
@@ -283,7 +302,7 @@ def _write(out: Path, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for training.json and training.md")
-    parser.add_argument("--variants", default=",".join(STAGE2_VARIANTS), help=f"comma list of {list(STAGE2_VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(STAGE2_VARIANTS)} (default: those without cudagraphs)")
     parser.add_argument("--runs", type=int, default=5, help="timed steps per variant (after 2 warm-up steps)")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
