@@ -201,21 +201,16 @@ def set_block_compile(transformer: nn.Module, compile_kwargs: dict | None) -> bo
     blocks = [b for b in transformer.modules() if type(b).__name__ in getattr(transformer, "_repeated_blocks", ())]
     stash: dict = transformer.__dict__.setdefault("_deepgen_compiled_blocks", {})
     key = None if compile_kwargs is None else tuple(sorted({"fullgraph": True, "dynamic": True, **compile_kwargs}.items()))
+    # `nn.Module.compile` keeps its compiled call in `_compiled_call_impl` (torch >= 2.2); None runs the plain forward.
+    # Setting it directly is the only way to take a compile back without rebuilding the module.
+    before = [b.__dict__.get("_compiled_call_impl") for b in blocks]
     if key is not None and key not in stash:
-        calls = [b.__dict__.get("_compiled_call_impl") for b in blocks]
         compile_transformer(transformer, "regional", **compile_kwargs)
         stash[key] = [b._compiled_call_impl for b in blocks]
-        for block, call in zip(blocks, calls):
-            block._compiled_call_impl = call  # installed below, as for a setting compiled before
     wanted = [None] * len(blocks) if key is None else stash[key]
-    changed = False
     for block, call in zip(blocks, wanted):
-        # `nn.Module.compile` keeps its compiled call in `_compiled_call_impl` (torch >= 2.2); None runs the plain
-        # forward. Setting it directly is the only way to take a compile back without rebuilding the module.
-        if block.__dict__.get("_compiled_call_impl") is not call:
-            block._compiled_call_impl = call
-            changed = True
-    return changed
+        block._compiled_call_impl = call
+    return any(old is not new for old, new in zip(before, wanted))
 
 
 # The vision blocks are left eager: their attention splits windows on the host (graph breaks), and compiling
