@@ -41,10 +41,12 @@ from measure import PEAK_TFLOPS, StepCounter, dit_forward_flops, image_tokens, t
 from deepgen_core.acceleration import (
     FP8Linear,
     compile_encoder_for_training,
+    compile_transformer,
     fuse_qkv,
     unfuse_qkv,
 )
 from deepgen_core.train.config import OptimConfig, build_config
+from deepgen_core.train.graphs import disable_training_graphs, enable_training_graphs
 from deepgen_core.train.modeling import (
     DeepGenTrainModel,
     compile_for_training,
@@ -66,10 +68,21 @@ STAGE2_VARIANTS = {
     # torch.compile's mode "reduce-overhead": each compiled region also replays as a CUDA graph (cudagraph trees).
     # Opt-in (not in DEFAULT_VARIANTS): on the H100 with torch 2.11+cu130 the process segfaulted in its first step
     # (session 12, benchmarks/results/h100-session12/training_cudagraphs_segfault.txt).
+    # `train.graphs` (`model.cuda_graphs`): the DiT call and the encoder core replayed as CUDA graphs (forward and
+    # backward), eager or compiled inside (compiled: the trainer's capturable set, DiT blocks and VLM MLPs and
+    # norms); autocast runs without its weight-cast cache (make_graphed_callables' requirement).
+    "graphed_ckpt_off": {"checkpointing": False, "compile": False, "graphs": True},
+    "compiled_graphed_ckpt_off": {"checkpointing": False, "compile": True, "graphs": True},
+    "bf16_graphed_ckpt_off": {"checkpointing": False, "compile": False, "graphs": True, "precision": "bf16"},
+    "bf16_compiled_graphed_ckpt_off": {"checkpointing": False, "compile": True, "graphs": True, "precision": "bf16"},
+    # Only the DiT blocks compiled (regional), the VLM eager, both regions graphed.
+    "bf16_dit_compiled_graphed_ckpt_off": {"checkpointing": False, "compile": "dit", "graphs": True, "precision": "bf16"},
+    "dit_compiled_graphed_ckpt_off": {"checkpointing": False, "compile": "dit", "graphs": True},
     "compiled_cudagraphs_ckpt_off": {"checkpointing": False, "compile": True, "cudagraphs": True},
     "bf16_compiled_cudagraphs_ckpt_off": {"checkpointing": False, "compile": True, "cudagraphs": True, "precision": "bf16"},
 }
-DEFAULT_VARIANTS = [n for n, v in STAGE2_VARIANTS.items() if not v.get("cudagraphs")]
+# Without the segfaulting cudagraph variants and the DiT-only compile ablations.
+DEFAULT_VARIANTS = [n for n, v in STAGE2_VARIANTS.items() if not v.get("cudagraphs") and v.get("compile") != "dit"]
 
 
 def stage2_flops(model: DeepGenTrainModel, micro_batch: int, size: int, n_txt: int) -> float:
@@ -120,7 +133,7 @@ class _Stage2Model:
         for m in self.compiled_before:
             m._compiled_call_impl = None  # eager unless this variant compiles
 
-    def build(self, precision: str, checkpointing: bool, compile: bool, cudagraphs: bool = False) -> DeepGenTrainModel:
+    def build(self, precision: str, checkpointing: bool, compile: bool | str, cudagraphs: bool = False, graphs: bool = False) -> DeepGenTrainModel:
         torch.manual_seed(0)  # LoRA init
         model = DeepGenTrainModel(self.pipe.components())
         self.trainable = setup_stage(model, build_config("sft"))
@@ -135,8 +148,13 @@ class _Stage2Model:
             model.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True, mode="reduce-overhead")
             self.compiled = {"transformer_blocks": len(model.transformer.transformer_blocks),
                              **compile_encoder_for_training(model.encoder, mode="reduce-overhead")}
-        elif compile:
-            self.compiled = compile_for_training(model)
+        elif compile == "dit":
+            compile_transformer(model.transformer, "regional")
+            self.compiled = {"transformer_blocks": len(model.transformer.transformer_blocks)}
+        elif compile:  # with graphs, what the trainer compiles under model.cuda_graphs (no VLM attention, no connector)
+            self.compiled = compile_for_training(model, capturable=graphs)
+        if graphs:
+            enable_training_graphs(model)
         return model.train()
 
     def restore(self) -> None:
@@ -144,6 +162,7 @@ class _Stage2Model:
         if self.checkpointing:
             pipe.transformer.disable_gradient_checkpointing()
             pipe.encoder.vlm.gradient_checkpointing_disable()
+        pipe.encoder.__dict__.pop("core_call", None)  # train.graphs' hook, if the variant installed it
         detach_lora(pipe.encoder.vlm)
         for m, training in self.modes.items():
             m._compiled_call_impl = self.compiled_before.get(m)
@@ -157,16 +176,17 @@ class _Stage2Model:
         pipe.release_cuda_graphs()
 
 
-def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, compile: bool = False,
-                precision: str = "autocast", runs: int = 5, profile: bool = False, cudagraphs: bool = False) -> dict:
+def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool = False, compile: bool | str = False,
+                precision: str = "autocast", runs: int = 5, profile: bool = False, cudagraphs: bool = False, graphs: bool = False) -> dict:
     """Samples/s and model-FLOP utilisation of the project's stage-2 step (see the module docstring).
 
     Args:
         pipe: a real-size bf16 `DeepGenPipeline` on CUDA (handed back unchanged).
         micro_batch, size: samples per step and their side (text-to-image, one prompt repeated).
         checkpointing: gradient checkpointing of the DiT and VLM layers.
-        compile: `compile_for_training` (inductor, regional, dynamic); the first call compiles.
+        compile: `compile_for_training` (inductor, regional, dynamic); "dit": the DiT blocks only. The first call compiles.
         cudagraphs: with `compile`, torch.compile's mode "reduce-overhead" (each region replays as a CUDA graph).
+        graphs: `train.graphs.enable_training_graphs` (the DiT call and the encoder core as CUDA graphs).
         precision: "autocast" (fp32 master weights, bf16 autocast) or "bf16" (bf16 weights and AdamW states).
         runs: timed steps after 2 warm-up steps.
         profile: also profile one more step (`profile_step`: GPU busy time, top kernels and host ops).
@@ -175,34 +195,39 @@ def stage2_step(pipe, micro_batch: int = 4, size: int = 512, checkpointing: bool
         raise ValueError(f"precision must be 'autocast' or 'bf16', got {precision!r}.")
     state = _Stage2Model(pipe)
     try:
-        model = state.build(precision, checkpointing, compile, cudagraphs)
-        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs, profile, cudagraphs)
+        model = state.build(precision, checkpointing, compile, cudagraphs, graphs)
+        row = _time_steps(model, micro_batch, size, precision == "autocast", compile, runs, profile, cudagraphs, graphs)
         row.update(trainable=state.trainable, compiled=state.compiled)
+        if graphs:
+            row.update(graph_capture_s=model.graphs.capture_seconds)
         del model
     finally:
         state.restore()
         del state
         gc.collect()
         torch.cuda.empty_cache()
-    row.update(precision=precision, checkpointing=checkpointing, compile=compile, cudagraphs=cudagraphs)
+    row.update(precision=precision, checkpointing=checkpointing, compile=compile, cudagraphs=cudagraphs, graphs=graphs)
     return row
 
 
 def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autocast: bool, compile: bool, runs: int, profile: bool = False,
-                cudagraphs: bool = False) -> dict:
+                cudagraphs: bool = False, graphs: bool = False) -> dict:
     """2 warm-up steps (the first compiles), then `runs` timed steps (each synchronised), as `Trainer._optimizer_step`."""
     batch = _cached_batch(model, micro_batch, size)
     device_type = model.transformer.device.type
-    autocast = (lambda: torch.autocast(device_type, torch.bfloat16)) if use_autocast else contextlib.nullcontext
+    # Graphed regions need autocast without its weight-cast cache (each use casts, inside the graph).
+    autocast = (lambda: torch.autocast(device_type, torch.bfloat16, cache_enabled=not graphs)) if use_autocast else contextlib.nullcontext
     with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):
         n_txt = model.pipeline().encode_prompt(batch["texts"], [], None, max_text_length=model.max_text_length).prompt_embeds.shape[1]
     flops = stage2_flops(model, micro_batch, size, n_txt)
     optimizer = build_optimizer(model, OptimConfig(lr=0.0))  # fused AdamW; lr 0 keeps the weights (module docstring)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses, counter = [], iter(range(10**9))
+    losses, counter, marks = [], iter(range(10**9)), []
 
     def step() -> None:
         index = next(counter)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        events[0].record()
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten now
         noise = draw_step_noise(model, batch, torch.Generator().manual_seed(index))
@@ -210,10 +235,13 @@ def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autoc
         with autocast():
             loss = model(batch, noise)["loss"]
         loss.backward()
+        events[1].record()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        events[2].record()
         losses.append(loss.detach())
+        marks.append(events)
 
     torch.cuda.reset_peak_memory_stats()
     # The suite's pipe may already hold the inference fast path's DiT graphs: room for those and the training ones.
@@ -221,11 +249,70 @@ def _time_steps(model: DeepGenTrainModel, micro_batch: int, size: int, use_autoc
         times, first = timed(step, runs, warmup=2)
         profiled = profile_step(step) if profile else None
     median = statistics.median(times)
+    # Forward + backward alone (CUDA events, the timed steps): what a step costs when gradient accumulation and
+    # ZeRO sharding spread the optimizer (the sft recipe: accumulation 3 over 64 GPUs); clip + AdamW the rest.
+    timed_marks = marks[2 : 2 + runs]
+    fwd_bwd = statistics.median(a.elapsed_time(b) / 1e3 for a, b, _ in timed_marks)
+    optim = statistics.median(b.elapsed_time(c) / 1e3 for _, b, c in timed_marks)
     extra = {"profile": profiled} if profiled else {}
-    return {**extra, "s_per_step": median, "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
+    return {**extra, "s_per_step": median, "fwd_bwd_s": fwd_bwd, "optimizer_s": optim,
+            "fwd_bwd_mfu_pct": 100 * flops / fwd_bwd / (PEAK_TFLOPS * 1e12), "min_s": min(times), "max_s": max(times), "runs": runs, "first_call_s": first,
             "samples_per_s": micro_batch / median, "tflops": flops / median / 1e12, "mfu_pct": 100 * flops / median / (PEAK_TFLOPS * 1e12),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "n_txt": n_txt, "tflop_per_step": flops / 1e12,
             "losses_finite": all(math.isfinite(float(v)) for v in losses)}
+
+
+def graphs_parity(pipe, micro_batch: int = 4, size: int = 512, precision: str = "bf16", compile: bool | str = False) -> dict:
+    """One stage-2 forward and backward with `train.graphs` against the plain step, same weights, batch and noise
+    (LoRA dropout off: graphed and eager dropout draw different masks). Returns the loss of each, the relative L2
+    of the DiT and LoRA gradients, and the largest relative difference of any parameter's gradient."""
+    state = _Stage2Model(pipe)
+    try:
+        model = state.build(precision, False, compile, graphs=True)  # with graphs' capturable compile; plain first:
+        disable_training_graphs(model)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        batch = _cached_batch(model, micro_batch, size)
+        autocast = (lambda: torch.autocast("cuda", torch.bfloat16, cache_enabled=False)) if precision == "autocast" else contextlib.nullcontext
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+        def run() -> tuple[float, dict]:
+            noise = draw_step_noise(model, batch, torch.Generator().manual_seed(0))
+            with autocast():
+                loss = model(batch, noise)["loss"]
+            loss.backward()
+            grads = {n: p.grad.detach().float().clone() for n, p in params.items() if p.grad is not None}
+            model.zero_grad(set_to_none=True)
+            return float(loss), grads
+
+        plain_loss, plain = run()
+        _, plain2 = run()  # the plain step's own run-to-run spread (atomics in attention backward kernels)
+        graphs = enable_training_graphs(model)
+        run()  # captures
+        graphed_loss, graphed = run()
+        disable_training_graphs(model)
+
+        def rel(names, other=graphed) -> float:
+            num = sum(float((other[n] - plain[n]).pow(2).sum()) for n in names)
+            return math.sqrt(num / max(sum(float(plain[n].pow(2).sum()) for n in names), 1e-30))
+
+        worst = max(plain, key=lambda n: float((graphed[n] - plain[n]).norm() / plain[n].norm().clamp_min(1e-30)))
+        row = {"plain_loss": plain_loss, "graphed_loss": graphed_loss, "captures": graphs.captures,
+               "same_grad_names": sorted(plain) == sorted(graphed), "n_grads": len(plain),
+               "dit_grad_rel_l2": rel([n for n in plain if n.startswith("transformer.")]),
+               "lora_grad_rel_l2": rel([n for n in plain if "lora_" in n]),
+               "other_grad_rel_l2": rel([n for n in plain if not n.startswith("transformer.") and "lora_" not in n]),
+               "plain_rerun_rel_l2": {"dit": rel([n for n in plain if n.startswith("transformer.")], plain2),
+                                      "lora": rel([n for n in plain if "lora_" in n], plain2),
+                                      "other": rel([n for n in plain if not n.startswith("transformer.") and "lora_" not in n], plain2)},
+               "worst_param": worst, "worst_rel": float((graphed[worst] - plain[worst]).norm() / plain[worst].norm().clamp_min(1e-30))}
+    finally:
+        state.restore()
+        del state
+        gc.collect()
+        torch.cuda.empty_cache()
+    return row
 
 
 def profile_step(step, top: int = 15) -> dict:
@@ -278,7 +365,8 @@ def rl_rollout(pipe, group: int = 8, size: int = 512, steps: int = 50, runs: int
 # ------------------------------------------------------------------------------------------------ standalone run
 
 COLUMNS = (("variant", "{}"), ("s_per_step", "{:.3f}"), ("min_s", "{:.3f}"), ("max_s", "{:.3f}"), ("first_call_s", "{:.1f}"),
-           ("samples_per_s", "{:.2f}"), ("tflops", "{:.0f}"), ("mfu_pct", "{:.1f}"), ("peak_gib", "{:.1f}"))
+           ("samples_per_s", "{:.2f}"), ("tflops", "{:.0f}"), ("mfu_pct", "{:.1f}"), ("fwd_bwd_s", "{:.3f}"), ("optimizer_s", "{:.3f}"),
+           ("fwd_bwd_mfu_pct", "{:.1f}"), ("peak_gib", "{:.1f}"))
 
 
 def markdown(results: dict) -> str:
@@ -309,6 +397,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no new variant after this many seconds")
     parser.add_argument("--compile-cache", type=Path, default=None, help="load (if present) and save torch compile artefacts here")
     parser.add_argument("--profile", action="store_true", help="also profile one step per variant (GPU busy time, top kernels and host ops)")
+    parser.add_argument("--parity", default="", help="comma list of precision[:compiled|:dit] (e.g. bf16,autocast:compiled): first compare one "
+                        "step with train.graphs against the plain step (graphs_parity)")
     args = parser.parse_args()
     names = [n for n in args.variants.split(",") if n]
     if unknown := sorted(set(names) - set(STAGE2_VARIANTS)):
@@ -325,6 +415,16 @@ def main() -> None:
     pipe = DeepGenPipeline.from_components(real_size_components("cuda", torch.bfloat16))
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "micro_batch": args.micro_batch, "size": args.size,
                "build_s": time.perf_counter() - start, "compile_cache_loaded": cache_loaded, "variants": {}, "skipped": [], "errors": {}}
+    for spec in [p for p in args.parity.split(",") if p]:
+        precision, _, compiled = spec.partition(":")
+        try:
+            compile_mode = {"": False, "compiled": True, "dit": "dit"}[compiled]
+            results.setdefault("graphs_parity", {})[spec] = row = graphs_parity(pipe, args.micro_batch, args.size, precision, compile_mode)
+            logger.info("graphs parity %s: %s", spec, row)
+        except Exception as exc:
+            logger.exception("graphs parity %s failed", spec)
+            results["errors"][f"parity {spec}"] = f"{type(exc).__name__}: {exc}"[:2000]
+        _write(args.out, results)
     for name in names:
         if time.perf_counter() - start > args.budget_s:
             results["skipped"].append(name)

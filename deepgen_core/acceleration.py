@@ -233,7 +233,7 @@ def compile_encoder(encoder: nn.Module, **compile_kwargs) -> int:
     return count
 
 
-def compile_encoder_for_training(encoder: nn.Module, **compile_kwargs) -> dict[str, int]:
+def compile_encoder_for_training(encoder: nn.Module, capturable: bool = False, **compile_kwargs) -> dict[str, int]:
     """Regional `torch.compile` of the encoder parts that run with gradients: the parts of every VLM decoder layer
     (attention, MLP, the two RMS norms) and the connector layers. The vision tower runs without gradients and
     stays eager (see `ENCODER_BLOCKS`).
@@ -247,6 +247,9 @@ def compile_encoder_for_training(encoder: nn.Module, **compile_kwargs) -> dict[s
 
     Args:
         encoder: a `DeepGenEncoder` (its `vlm.language_model.layers` and `bridge.connector.layers`).
+        capturable: only the MLP and the norms of each decoder layer (`train.graphs` captures the encoder core in
+            a CUDA graph; the attention's graph break, and on an H100 the compiled connector with it, invalidated
+            the capture).
         compile_kwargs: passed to `torch.compile`; defaults `fullgraph=True` (a graph break is an error) except
             for the attention (the hook's break after its forward is expected) and `dynamic=True` (prompt
             lengths vary).
@@ -258,9 +261,11 @@ def compile_encoder_for_training(encoder: nn.Module, **compile_kwargs) -> dict[s
     counts = {"vlm_layer_parts": 0, "connector_layers": 0}
     for layer in encoder.vlm.language_model.layers:
         for part in layer.children():
+            if capturable and part is layer.self_attn:
+                continue
             part.compile(**({**options, "fullgraph": False} if part is layer.self_attn else options))
             counts["vlm_layer_parts"] += 1
-    for layer in encoder.bridge.connector.layers:
+    for layer in [] if capturable else encoder.bridge.connector.layers:
         layer.compile(**options)
         counts["connector_layers"] += 1
     return counts

@@ -158,6 +158,16 @@ class DeepGenEncoder(nn.Module):
         # Without padding, pass no mask so that SDPA can take its causal fast path. With padding, transformers'
         # SDPA/FA2 give pad query rows (which see no key) a zero attention output, the reference semantics (§2.3).
         mask = None if bool(full_mask.all()) else full_mask
+        if return_stacked:
+            return self.encode_embeddings(inputs_embeds, mask, position_ids, return_stacked=True)
+        # `core_call`: the training step's CUDA graphs (`train.graphs`) when installed, else the same call.
+        return self.__dict__.get("core_call", self.encode_embeddings)(inputs_embeds, mask, position_ids)
+
+    def encode_embeddings(
+        self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor, return_stacked: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """The language model over prepared input embeddings (think tokens included), then the SCB bridge: `forward`
+        after the embedding, positions and mask. `mask` is None for unpadded prompts."""
         out = self.vlm.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=mask,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import AutocastKwargs, DistributedType, InitProcessGroupKwargs
 
 from ..errors import DeepGenInputError
 from .config import DistributedConfig
@@ -39,7 +39,8 @@ def resolve_deepspeed_config(path: str | Path, micro_batch_size: int, grad_accum
     return config
 
 
-def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_accum: int, grad_clip: float, project_dir: str | Path, log_with: list[str] | None = None) -> Accelerator:
+def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_accum: int, grad_clip: float, project_dir: str | Path, log_with: list[str] | None = None,
+                      autocast_cache: bool = True) -> Accelerator:
     """An `Accelerator` for the launched world.
 
     Args:
@@ -47,6 +48,7 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
         micro_batch_size, grad_accum, grad_clip: written into the DeepSpeed config.
         project_dir: run folder (TensorBoard logs go below it).
         log_with: trackers, e.g. ["tensorboard"].
+        autocast_cache: autocast's weight-cast cache (off for `model.cuda_graphs`, which cannot capture it).
     """
     on_cpu = config.cpu or not torch.cuda.is_available()
     # On a CPU-only host accelerate leaves the backend unset unless told (env note §5): gloo makes it work.
@@ -54,6 +56,8 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
     world = _launched_world_size()
     # A backend given to a single, unlaunched process makes accelerate expect a process group: only pass it when launched.
     handlers = [InitProcessGroupKwargs(backend=backend)] if world > 1 else []
+    if not autocast_cache:
+        handlers.append(AutocastKwargs(cache_enabled=False))
     plugin = None
     if config.deepspeed_config:
         ds = resolve_deepspeed_config(config.deepspeed_config, micro_batch_size, grad_accum, grad_clip, config.mixed_precision, world)

@@ -150,7 +150,10 @@ class DeepGenTrainModel(nn.Module):
         else:
             eps = [n.to(z.device, z.dtype) for n, z in zip(noise.noise, latents)]
         targets = FlowMatchingTargets(latents, eps, timesteps, sigmas)
-        predictions = predict_velocity(self.transformer, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
+        # `graphs`: the step's CUDA graphs (`train.graphs.enable_training_graphs`) when installed.
+        graphs = self.__dict__.get("graphs")
+        dit = self.transformer if graphs is None else graphs.transformer_call
+        predictions = predict_velocity(dit, targets, embeddings.prompt_embeds, embeddings.pooled_prompt_embeds, references)
         per_sample = per_sample_flow_loss(predictions, latents, eps)
         return {"loss": per_sample.mean(), "per_sample": per_sample.detach()}
 
@@ -263,7 +266,7 @@ def enable_gradient_checkpointing(model: DeepGenTrainModel) -> None:
     model.encoder.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def compile_for_training(model: DeepGenTrainModel, mode: str = "regional", **compile_kwargs) -> dict[str, int]:
+def compile_for_training(model: DeepGenTrainModel, mode: str = "regional", capturable: bool = False, **compile_kwargs) -> dict[str, int]:
     """`torch.compile` the modules that run with gradients, in place, per region (`model.compile`).
 
     The DiT's transformer blocks (diffusers' `compile_repeated_blocks`), the parts of every VLM decoder layer
@@ -277,6 +280,8 @@ def compile_for_training(model: DeepGenTrainModel, mode: str = "regional", **com
     Args:
         model: the train model, stage already applied.
         mode: "regional" (the only mode).
+        capturable: for `model.cuda_graphs`: leave the VLM attention and the connector layers eager (their graph
+            breaks cannot run inside a CUDA graph capture); the DiT blocks and the VLM MLPs and norms compile.
         compile_kwargs: passed to `torch.compile`, e.g. `backend="aot_eager"` (tests) or `mode=`.
 
     Returns:
@@ -287,6 +292,7 @@ def compile_for_training(model: DeepGenTrainModel, mode: str = "regional", **com
     if mode != "regional":
         raise DeepGenInputError(f"training compile mode must be 'regional', got {mode!r}.")
     compile_transformer(model.transformer, "regional", **compile_kwargs)
-    counts = {"transformer_blocks": len(model.transformer.transformer_blocks), **compile_encoder_for_training(model.encoder, **compile_kwargs)}
+    counts = {"transformer_blocks": len(model.transformer.transformer_blocks),
+              **compile_encoder_for_training(model.encoder, capturable=capturable, **compile_kwargs)}
     logger.info("torch.compile (%s, %s): %s", mode, compile_kwargs.get("backend", "inductor"), counts)
     return counts

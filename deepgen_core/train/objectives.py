@@ -6,8 +6,9 @@ reproducible and directly comparable with the reference's recorded tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -58,13 +59,14 @@ def flow_matching_loss(predictions: Latents, latents: Latents, noise: Latents) -
 
 
 def predict_velocity(
-    transformer: torch.nn.Module,
+    transformer: torch.nn.Module | Callable[..., Any],
     targets: FlowMatchingTargets,
     encoder_hidden_states: torch.Tensor,
     pooled_projections: torch.Tensor,
     reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> Latents:
     """Run the DiT on x_t for every sample (one batched call; per-sample sizes are padded inside the DiT); a
-    (B, C, H, W) tensor when the samples share a size, else a list."""
+    (B, C, H, W) tensor when the samples share a size, else a list. `transformer`: the DiT, or a call with its
+    signature and `.sample` result (`train.graphs.TrainingGraphs.transformer_call`)."""
     inputs = noisy_latents(targets.latents, targets.noise, targets.sigmas)
     return transformer(inputs, encoder_hidden_states, pooled_projections, targets.timesteps, reference_latents=reference_latents).sample

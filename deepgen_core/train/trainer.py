@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DeepGenInputError
 from .accel import build_accelerator, is_deepspeed, past_deadline
 from .checkpointing import CheckpointManager
 from .config import TrainConfig
 from .data import MixedDataset, build_dataloader, unpack_images
 from .export import export_inference, export_reference_checkpoint, import_checkpoint
+from .graphs import enable_training_graphs
 from .latent_cache import LatentCache
 from .metrics import MetricsLog, render_samples
 from .modeling import (
@@ -76,7 +78,8 @@ class Trainer:
         self.out = Path(config.checkpoint.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         log_with = ["tensorboard"] if config.logging.tensorboard else None
-        self.accelerator = build_accelerator(config.distributed, config.micro_batch_size, config.grad_accum, config.optim.grad_clip, self.out, log_with)
+        self.accelerator = build_accelerator(config.distributed, config.micro_batch_size, config.grad_accum, config.optim.grad_clip, self.out, log_with,
+                                             autocast_cache=not config.model.cuda_graphs)
         self.dataset = dataset if dataset is not None else MixedDataset(config.data)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
 
@@ -94,8 +97,20 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if cfg.model.compile:  # after the LoRA, the import and the checkpointing; before DDP / DeepSpeed wrap it
-            compile_for_training(model, cfg.model.compile, backend=cfg.model.compile_backend)
-        return model.to(self.accelerator.device).train()
+            compile_for_training(model, cfg.model.compile, capturable=cfg.model.cuda_graphs, backend=cfg.model.compile_backend)
+        model = model.to(self.accelerator.device).train()
+        if cfg.model.cuda_graphs:
+            if self.accelerator.device.type != "cuda" or self.world > 1:
+                raise DeepGenInputError(
+                    f"model.cuda_graphs needs one process on one CUDA GPU; this run has {self.world} process(es) on "
+                    f"{self.accelerator.device.type}. Set model.cuda_graphs: false (multi-GPU runs: DDP or DeepSpeed without it).")
+            self.graphs = enable_training_graphs(model)
+            # Gradients stay allocated and are zeroed in place: a graphed backward hands out its static gradient
+            # buffers, which a `None` .grad would adopt and the next micro-batch's replay overwrite.
+            for p in model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        return model
 
     def _batches(self, start: int, model) -> Iterator[dict[str, Any]]:
         sources, data = self.dataset.sources, self.config.data
@@ -174,10 +189,13 @@ class Trainer:
                 if acc.sync_gradients and cfg.optim.grad_clip > 0:
                     grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=not cfg.model.cuda_graphs)  # see build_model
             losses.append(loss.detach().float())
             tasks.setdefault(batch["task"], []).append(loss.detach().float())
             skipped += batch["num_skipped"]
+            # Free this micro-batch's autograd graph before the next forward: a CUDA graph capture there (model.
+            # cuda_graphs) must not meet the gradient-accumulation nodes of a graph still alive on another stream.
+            del loss
         values = {"loss": acc.reduce(torch.stack(losses).mean(), "mean").item(), "data/skipped": float(skipped)}
         for task, task_losses in tasks.items():
             values[f"loss/{task}"] = torch.stack(task_losses).mean().item()

@@ -185,6 +185,8 @@ class RLConfig:
             raise DeepGenInputError(f"run.max_minutes must be >= 0 (0: no time budget), got {self.run.max_minutes}.")
         if self.model.compile:
             raise DeepGenInputError("model.compile applies to stages 1 and 2; the RL trainer does not compile the policy: set model.compile: false.")
+        if self.model.cuda_graphs:
+            raise DeepGenInputError("model.cuda_graphs applies to stages 1 and 2 (the RL trainer's rollouts use the pipeline's own graphs): set model.cuda_graphs: false.")
 
     @property
     def images_per_step(self) -> int:
