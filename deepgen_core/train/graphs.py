@@ -9,8 +9,10 @@ CUDA graph through `torch.cuda.make_graphed_callables`, one pair of graphs per i
 
 Everything else (tokenisation, embeddings and think tokens, M-RoPE positions, the loss, the optimizer) stays eager,
 and any call outside these cases (padded prompts, edits with references, eval mode, gradient checkpointing) runs
-the plain forward. The graphs replay the very kernels of the eager forward, so the loss and the gradients are those
-of the plain step (fresh LoRA dropout masks each replay: CUDA's graph-safe RNG).
+the plain forward. The graphs replay the operations of the eager forward and backward, so the loss and the
+gradients equal the plain step's within bf16 rounding (on an H100, 0.44 % relative L2 on the DiT gradients against
+0.08 % between two plain runs: cuBLAS may pick other kernels on the capture stream); LoRA dropout draws fresh masks
+at each replay (CUDA's graph-safe RNG).
 
 Constraints (torch's): CUDA only; bf16 autocast must run with `cache_enabled=False`; the regions' parameters
 must keep their `requires_grad` and storage (a checkpoint load into the same tensors is fine; `to()` is not);
