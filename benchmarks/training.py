@@ -293,20 +293,18 @@ def graphs_parity(pipe, micro_batch: int = 4, size: int = 512, precision: str = 
         graphed_loss, graphed = run()
         disable_training_graphs(model)
 
-        def rel(names, other=graphed) -> float:
+        def rel(names, other) -> float:
             num = sum(float((other[n] - plain[n]).pow(2).sum()) for n in names)
             return math.sqrt(num / max(sum(float(plain[n].pow(2).sum()) for n in names), 1e-30))
 
-        worst = max(plain, key=lambda n: float((graphed[n] - plain[n]).norm() / plain[n].norm().clamp_min(1e-30)))
+        groups = {"dit": [n for n in plain if n.startswith("transformer.")], "lora": [n for n in plain if "lora_" in n]}
+        groups["other"] = [n for n in plain if n not in groups["dit"] and n not in groups["lora"]]
+        worst = max(plain, key=lambda n: rel([n], graphed))
         row = {"plain_loss": plain_loss, "graphed_loss": graphed_loss, "captures": graphs.captures,
                "same_grad_names": sorted(plain) == sorted(graphed), "n_grads": len(plain),
-               "dit_grad_rel_l2": rel([n for n in plain if n.startswith("transformer.")]),
-               "lora_grad_rel_l2": rel([n for n in plain if "lora_" in n]),
-               "other_grad_rel_l2": rel([n for n in plain if not n.startswith("transformer.") and "lora_" not in n]),
-               "plain_rerun_rel_l2": {"dit": rel([n for n in plain if n.startswith("transformer.")], plain2),
-                                      "lora": rel([n for n in plain if "lora_" in n], plain2),
-                                      "other": rel([n for n in plain if not n.startswith("transformer.") and "lora_" not in n], plain2)},
-               "worst_param": worst, "worst_rel": float((graphed[worst] - plain[worst]).norm() / plain[worst].norm().clamp_min(1e-30))}
+               **{f"{g}_grad_rel_l2": rel(names, graphed) for g, names in groups.items()},
+               "plain_rerun_rel_l2": {g: rel(names, plain2) for g, names in groups.items()},
+               "worst_param": worst, "worst_rel": rel([worst], graphed)}
     finally:
         state.restore()
         del state
