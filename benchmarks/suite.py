@@ -115,12 +115,12 @@ class Bench:
 
     def fast(self) -> None:
         t0 = time.perf_counter()
-        self.pipe.enable_fast_path(cuda_graphs=True, compile="regional", fuse_projections=True)
+        self.pipe.enable_fast_path(cuda_graphs=True, compile="regional", fuse_projections=True, fuse_gelu=True)
         self.label = "fast"  # + precomputed adaLN modulations (on by default)
         self.extra["compile_setup_s"] = time.perf_counter() - t0
         for s in self.scenarios:
             runs = 2 if s.name == "t2i_1024_b4" and not self.args.baseline_all else self.args.runs
-            self.run(s, "fast: fused QKV + regional compile + CUDA graphs + precomputed modulations", runs=runs)
+            self.run(s, "fast: fused QKV + fused GELU + regional compile + CUDA graphs + precomputed modulations", runs=runs)
         runner = self.pipe._graph_runner
         self.extra["graph_capture_s"] = {str(k[0][0][0]): v for k, v in runner.capture_seconds.items()} if runner else {}
 

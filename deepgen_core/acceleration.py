@@ -4,11 +4,12 @@ Each helper is opt-in and independent; `DeepGenPipeline.enable_fast_path` (the m
 them into the pipeline. What is exact and what is not:
 
 - CUDA graphs (`DiTGraphRunner`) replay the very kernels of an eager forward: bit-identical outputs, no host
-  work per step beyond copying the inputs into static buffers. One graph per input shape.
+  work per step beyond copying the inputs into static buffers. One graph per input shape. `EncoderGraphRunner`
+  does the same for the encoder's text model and bridge (captured on a shape's second use).
 - `compile_transformer` (inductor, per block) fuses elementwise work (RMS qk-norm, adaLN modulation, GELU):
   equal to the eager path within bf16 rounding.
 - `fuse_qkv` concatenates the q/k/v weights into one GEMM (diffusers' `Attention.fuse_projections`): equal
-  within float rounding.
+  within float rounding. `set_gelu_fusion` runs the MLPs' first GEMM with a GELU epilogue: within bf16 rounding.
 - Precomputed adaLN modulations (`DeepGenSD3Transformer.modulation`, `fast_path.ModulationSchedule`) are given
   to the graph runner as one more input.
 - `quantize_fp8` stores the block Linear weights in float8 (e4m3, one scale per output channel) and, on GPUs
@@ -30,6 +31,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.activations import GELU
 from torch import nn
 
 from .models.transformer import ModulationMixin
@@ -44,11 +46,27 @@ FP8_MAX = 448.0  # largest finite e4m3fn value
 # ------------------------------------------------------------------------------------------------ CUDA graphs
 
 
+def weights_fingerprint(*modules: nn.Module) -> tuple:
+    """The addresses of every parameter and buffer of `modules`, and each diffusers attention's processor class and
+    backend, in one walk over the modules: what a captured CUDA graph depends on. (`parameters()`, `buffers()` and
+    diffusers' `attn_processors` walk the tree once each: 6.6 ms per call for the real DiT on the H100's host, and
+    this walk a third of that on CPU; it runs once per denoising loop and once per encode.)"""
+    out: list = []
+    for module in modules:
+        for m in module.modules():
+            out.extend(t.data_ptr() for t in m._parameters.values() if t is not None)
+            out.extend(t.data_ptr() for t in m._buffers.values() if t is not None)
+            processor = m.__dict__.get("processor")  # diffusers `Attention` keeps it as a plain attribute
+            if processor is not None:
+                out.append((type(processor).__name__, str(getattr(processor, "_attention_backend", None))))
+    return tuple(out)
+
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]  # static buffers, flattened in `_flatten` order
-    output: torch.Tensor
+    output: torch.Tensor | tuple[torch.Tensor, ...]
 
 
 def _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep, reference_latents, modulation) -> list[torch.Tensor]:
@@ -81,11 +99,8 @@ class DiTGraphRunner:
 
     @staticmethod
     def fingerprint(transformer: nn.Module) -> tuple:
-        """Parameter addresses plus the attention processors: what a captured graph depends on."""
-        params = tuple(p.data_ptr() for p in transformer.parameters())
-        buffers = tuple(b.data_ptr() for b in transformer.buffers())
-        processors = tuple((type(p).__name__, str(getattr(p, "_attention_backend", None))) for p in transformer.attn_processors.values())
-        return params, buffers, processors
+        """Parameter and buffer addresses plus the attention processors: what a captured graph depends on."""
+        return weights_fingerprint(transformer)
 
     def is_valid_for(self, transformer: nn.Module) -> bool:
         return transformer is self.transformer and self.fingerprint(transformer) == self._fingerprint
@@ -155,6 +170,88 @@ class DiTGraphRunner:
         torch.cuda.synchronize()
         self.capture_seconds[key] = time.perf_counter() - start
         logger.info("captured a DiT CUDA graph for %s in %.2f s", [s.shape for s in static[:1]], self.capture_seconds[key])
+        entry = _Captured(graph, static, output)
+        self._graphs[key] = entry
+        return entry
+
+
+def causal_padding_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) left-padding mask (True = token) -> the (B, 1, L, L) boolean mask transformers builds from it for SDPA:
+    query i sees key j when j <= i and j is a token (a pad query sees no key: SDPA gives it a zero output)."""
+    length = mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return causal[None, None] & mask.bool()[:, None, None, :]
+
+
+class EncoderGraphRunner:
+    """Runs `DeepGenEncoder.encode_embeddings` (the VLM text model and the SCB bridge: thousands of small kernels at
+    real size) as a replayed CUDA graph, one per input shape, for inference (`DeepGenEncoder.forward(core=...)`).
+
+    Prompt lengths vary, so a shape is captured on its second use: a one-off prompt runs eagerly and pays nothing,
+    a repeated one (seed sweeps, queues, benchmarks) replays from then on. Padded batches get the 4-D boolean mask
+    transformers would build (`causal_padding_mask`), prepared outside the graph: transformers' own 2-D mask
+    handling reads the GPU back, which a capture does not allow. Exact: the same kernels and the same mask (equal
+    to the 2-D path by test). At most `max_graphs` shapes are kept; further ones run eagerly. Graphs read the
+    weights at their capture addresses (`is_valid_for`, as for `DiTGraphRunner`).
+
+    Args:
+        encoder: the `DeepGenEncoder`, on its CUDA device.
+        warmup: eager runs on a side stream before a capture.
+        max_graphs: most shapes captured.
+    """
+
+    def __init__(self, encoder: nn.Module, warmup: int = 1, max_graphs: int = 8) -> None:
+        self.encoder, self.warmup, self.max_graphs = encoder, warmup, max_graphs
+        self.capture_seconds: dict[tuple, float] = {}
+        self._graphs: dict[tuple, _Captured] = {}
+        self._seen: set[tuple] = set()
+        self._pool = None
+        self._fingerprint = self.fingerprint(encoder)
+
+    @staticmethod
+    def fingerprint(encoder: nn.Module) -> tuple:
+        """Addresses of the text model's and the bridge's parameters and buffers (the vision tower is not graphed)."""
+        return weights_fingerprint(encoder.vlm.language_model, encoder.bridge)
+
+    def is_valid_for(self, encoder: nn.Module) -> bool:
+        return encoder is self.encoder and self.fingerprint(encoder) == self._fingerprint
+
+    def __call__(self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_embeddings`' arguments (`mask`: (B, L) bool or None) and result (context, pooled)."""
+        flat = [inputs_embeds, position_ids] + ([] if mask is None else [causal_padding_mask(mask)])
+        key = tuple((tuple(t.shape), t.dtype) for t in flat)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if key not in self._seen or len(self._graphs) >= self.max_graphs or not inputs_embeds.is_cuda:
+                self._seen.add(key)
+                return self._forward(flat)
+            entry = self._capture(key, flat)
+        for static, value in zip(entry.inputs, flat):
+            static.copy_(value, non_blocking=True)
+        entry.graph.replay()
+        return tuple(t.clone() for t in entry.output)
+
+    def _forward(self, flat: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs_embeds, position_ids, *mask = flat
+        return self.encoder.encode_embeddings(inputs_embeds, mask[0] if mask else None, position_ids)
+
+    def _capture(self, key: tuple, flat: Sequence[torch.Tensor]) -> _Captured:
+        start = time.perf_counter()
+        static = tuple(t.detach().clone() for t in flat)
+        side = torch.cuda.Stream(device=static[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._forward(static)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._forward(static)
+        torch.cuda.synchronize()
+        self.capture_seconds[key] = time.perf_counter() - start
+        logger.info("captured an encoder CUDA graph for %s in %.2f s", tuple(static[0].shape), self.capture_seconds[key])
         entry = _Captured(graph, static, output)
         self._graphs[key] = entry
         return entry
@@ -354,6 +451,44 @@ def unfuse_qkv(transformer: nn.Module) -> None:
             for name in ("to_qkv", "to_added_qkv"):
                 if hasattr(module, name):
                     delattr(module, name)
+
+
+# ------------------------------------------------------------------------------------------------ fused GELU
+
+
+class FusedGELU(GELU):
+    """diffusers' `GELU` (a Linear, then tanh-approximated GELU: the DiT MLP's first half) as one cuBLASLt GEMM with a
+    bias + GELU epilogue (`torch._addmm_activation`, tanh approximation on CUDA) in CUDA inference, instead of a GEMM
+    and a separate element-wise pass over the (tokens, 4 x hidden) activations. inductor keeps the op as an extern
+    kernel (it does not decompose it), so it also holds under `torch.compile`. Equal within bf16 rounding (the GELU
+    reads the fp32 accumulator instead of a bf16-rounded GEMM output). Everywhere else (CPU, autograd, a Linear
+    replaced by an adapter or a host's own class, another dtype) it is diffusers' forward.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        proj = self.proj
+        if (
+            hidden_states.is_cuda
+            and not torch.is_grad_enabled()
+            and type(proj) is nn.Linear
+            and proj.bias is not None
+            and hidden_states.dtype == proj.weight.dtype
+        ):
+            rows = hidden_states.reshape(-1, proj.in_features)
+            out = torch._addmm_activation(proj.bias, rows, proj.weight.t(), use_gelu=True)
+            return out.reshape(*hidden_states.shape[:-1], proj.out_features)
+        return super().forward(hidden_states)
+
+
+def set_gelu_fusion(transformer: nn.Module, enabled: bool = True) -> int:
+    """Switch every tanh-approximated diffusers `GELU` of the DiT (the MLPs) to `FusedGELU` (or back with
+    `enabled=False`), in place: same parameters and names. Returns how many modules now have the asked class."""
+    count = 0
+    for module in transformer.modules():
+        if isinstance(module, GELU) and module.approximate == "tanh":
+            module.__class__ = FusedGELU if enabled else GELU
+            count += 1
+    return count
 
 
 # ------------------------------------------------------------------------------------------------ fp8

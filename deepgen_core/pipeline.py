@@ -298,7 +298,8 @@ class DeepGenPipeline(FastPathMixin):
         input_ids, attention_mask = self._tokenize(texts)
         with self.on_execution_device(self.encoder):
             context, pooled = self.encoder(
-                input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length, num_think_tokens=num_think_tokens
+                input_ids, attention_mask, image_embeds=image_embeds, image_grid_thw=grid, max_text_length=max_text_length,
+                num_think_tokens=num_think_tokens, core=self.encoder_core(),
             )
         return PromptEmbeddings(context[:n], pooled[:n], context[n:], pooled[n:])
 

@@ -6,6 +6,8 @@ append the learnable think tokens, run the VLM text model once, stack six hidden
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLModel
@@ -122,6 +124,7 @@ class DeepGenEncoder(nn.Module):
         max_text_length: int | None = None,
         return_stacked: bool = False,
         num_think_tokens: int | None = None,
+        core: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Encode left-padded prompts into DiT conditioning.
 
@@ -134,6 +137,8 @@ class DeepGenEncoder(nn.Module):
             return_stacked: also return the stacked SCB input (for inspection and parity tests).
             num_think_tokens: append only the first `num_think_tokens` learned think tokens (0: none), for
                 ablation; `None` (default) appends all of them, the trained behaviour.
+            core: runs the text model and the bridge instead of `encode_embeddings`, with its arguments and result
+                (the pipeline's CUDA-graph runner, `acceleration.EncoderGraphRunner`).
 
         Returns:
             `encoder_hidden_states` (B, T' + num_think_tokens, joint_attention_dim), `pooled_projections`
@@ -161,7 +166,8 @@ class DeepGenEncoder(nn.Module):
         if return_stacked:
             return self.encode_embeddings(inputs_embeds, mask, position_ids, return_stacked=True)
         # `core_call`: the training step's CUDA graphs (`train.graphs`) when installed, else the same call.
-        return self.__dict__.get("core_call", self.encode_embeddings)(inputs_embeds, mask, position_ids)
+        core = core or self.__dict__.get("core_call", self.encode_embeddings)
+        return core(inputs_embeds, mask, position_ids)
 
     def encode_embeddings(
         self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor, return_stacked: bool = False
