@@ -12,6 +12,8 @@ after a warm-up, encode / DiT / decode split by CUDA events) in one process on t
   `vae_compiled_dynamic`, optional: dynamic shapes);
 - `encoder_compiled`: + the VLM decoder layers and connector layers compiled (`compile_encoder_blocks`), inside
   the encoder graph;
+- `vision_varlen` (optional): the vision tower's windowed attention as one varlen flash-attention call per layer
+  (`set_vision_varlen_attention`) instead of one SDPA call per window;
 - `autotune` (optional): the blocks recompiled with inductor's `max-autotune-no-cudagraphs` (Triton GEMM templates with fused
   epilogues, benchmarked against cuBLAS per shape), the GELU unfused again so inductor may fuse it itself.
 
@@ -41,12 +43,12 @@ from measure import benchmark_scenario, rel_l2
 from real_size_smoke import real_size_components
 from suite import SCENARIOS
 
-from deepgen_core.acceleration import set_gelu_fusion
+from deepgen_core.acceleration import set_gelu_fusion, set_vision_varlen_attention
 from deepgen_core.pipeline import DeepGenPipeline
 
 logger = logging.getLogger("deepgen.bench.latency")
 LEVERS = ("eager_encoder", "base", "fused_gelu", "vae_compiled", "encoder_compiled")
-OPTIONAL_LEVERS = ("vae_compiled_dynamic", "autotune")
+OPTIONAL_LEVERS = ("vision_varlen", "vae_compiled_dynamic", "autotune")
 
 
 def _gpu_events(prof: torch.profiler.profile) -> list[tuple[float, float, str]]:
@@ -174,12 +176,15 @@ class Latency:
         if lever == "eager_encoder":
             pipe.encoder_core = lambda: None  # this row only: the encoder eager, as before EncoderGraphRunner
         elif lever == "base":
-            del pipe.encoder_core
+            pipe.__dict__.pop("encoder_core", None)
         elif lever == "fused_gelu":
             set_gelu_fusion(pipe.transformer, True)
             self.recompile()  # compiled blocks keep the MLP call they were traced with
         elif lever == "vae_compiled":
             pipe.enable_fast_path(cuda_graphs=True, compile_vae=True)
+        elif lever == "vision_varlen":
+            if not set_vision_varlen_attention(pipe.encoder):
+                raise RuntimeError("torch.nn.attention.varlen is not available in this torch")
         elif lever == "vae_compiled_dynamic":
             pipe.vae.decoder.compile(dynamic=True)
         elif lever == "encoder_compiled":

@@ -27,6 +27,7 @@ from .acceleration import (
     quantize_fp8,
     reshare_fused_qkv,
     set_gelu_fusion,
+    set_vision_varlen_attention,
 )
 from .errors import DeepGenInputError
 from .latents import vae_scale_factor
@@ -144,6 +145,7 @@ class FastPathMixin:
         precompute_modulation: bool = True,
         fuse_gelu: bool | None = None,
         compile_vae: bool = False,
+        vision_varlen: bool | None = None,
     ) -> None:
         """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
 
@@ -166,6 +168,9 @@ class FastPathMixin:
                 compiled earlier keep the MLP call they were traced with.
             compile_vae: `torch.compile` the VAE decoder, shape-specialised (on an H100: a 512^2 decode 22 -> 8 ms,
                 after a ~50 s compile per image size). Equal within bf16 rounding.
+            vision_varlen: the vision tower's windowed attention as one varlen flash-attention call per layer on
+                CUDA (`set_vision_varlen_attention`) instead of one SDPA call per window; None keeps the current
+                setting. Equal within bf16 rounding; edits only.
         """
         if cuda_graphs not in (True, False, "auto"):
             raise DeepGenInputError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}.")
@@ -173,12 +178,12 @@ class FastPathMixin:
             raise DeepGenInputError("compile and CUDA graphs need resident DiT weights; use offload 'model' or 'none' instead of 'sequential'.")
         if fp8 and fuse_projections:
             raise DeepGenInputError("fp8 and fuse_projections cannot be combined; choose one.")
+        if fuse_gelu is not None and compile is None and _blocks_compiled(self.transformer):
+            raise DeepGenInputError("fuse_gelu must be set before or together with compile: the DiT blocks are already compiled with their current MLP call.")
         if attention_backend is not None:
             self.transformer.set_attention_backend(attention_backend)
         if fuse_projections:
             logger.info("fused q/k/v projections of %d attention modules", fuse_qkv(self.transformer))
-        if fuse_gelu is not None and compile is None and _blocks_compiled(self.transformer):
-            raise DeepGenInputError("fuse_gelu must be set before or together with compile: the DiT blocks are already compiled with their current MLP call.")
         if fuse_gelu is not None:
             logger.info("%s the GELU of %d MLPs", "fused" if fuse_gelu else "unfused", set_gelu_fusion(self.transformer, fuse_gelu))
         if fp8:
@@ -187,6 +192,8 @@ class FastPathMixin:
             compile_transformer(self.transformer, compile, **(compile_kwargs or {}))
         if compile_encoder_blocks:
             logger.info("compiled %d encoder blocks", compile_encoder(self.encoder))
+        if vision_varlen is not None and set_vision_varlen_attention(self.encoder, vision_varlen) != vision_varlen:
+            logger.warning("vision_varlen needs torch.nn.attention.varlen (torch >= 2.9); the vision tower keeps its per-window attention")
         if compile_vae and self.vae is not None:
             self.vae.decoder.compile(dynamic=False)
         self._cuda_graphs = cuda_graphs

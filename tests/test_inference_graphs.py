@@ -11,7 +11,14 @@ import pytest
 import torch
 from diffusers.models.activations import GELU
 
-from deepgen_core.acceleration import EncoderGraphRunner, FusedGELU, causal_padding_mask, set_gelu_fusion, weights_fingerprint
+from deepgen_core.acceleration import (
+    EncoderGraphRunner,
+    FusedGELU,
+    causal_padding_mask,
+    set_gelu_fusion,
+    set_vision_varlen_attention,
+    weights_fingerprint,
+)
 from deepgen_core.errors import DeepGenInputError
 from deepgen_core.pipeline import DeepGenPipeline
 from deepgen_core.presets import tiny_components
@@ -44,7 +51,7 @@ def test_encoder_runner_equals_the_plain_encoder_for_padded_and_unpadded_batches
     with torch.no_grad():
         for prompts, negatives in ((PROMPTS, NEGATIVES), (PROMPTS, PROMPTS)):
             plain = pipe.encode_prompt(prompts, negatives)
-            pipe.encoder_core = lambda: runner  # noqa: B023 - the runner for this call only
+            pipe.encoder_core = lambda: runner  # this call only
             try:
                 ours = pipe.encode_prompt(prompts, negatives)
             finally:
@@ -149,5 +156,66 @@ def test_weights_fingerprint_sees_moved_weights_buffers_and_attention_processors
     dit.proj_out.bias.data = dit.proj_out.bias.data.clone()
     moved = weights_fingerprint(dit)
     assert moved != before
-    dit.set_attention_backend("_native_efficient")
+    processor = dit.transformer_blocks[0].attn.processor
+    dit.transformer_blocks[0].attn.processor = type(processor)()  # a new instance of the same kind: same fingerprint
+    assert weights_fingerprint(dit) == moved
+    dit.transformer_blocks[0].attn.processor._attention_backend = "_native_efficient"  # this processor only
     assert weights_fingerprint(dit) != moved
+
+
+@cuda
+def test_compiled_fused_pipeline_on_cuda_stays_close_to_the_plain_one():
+    """`--compile`'s settings in one call (regional compile, fused q/k/v and GELU) against the plain bf16 pipeline."""
+    pipe = _pipe("cuda", torch.bfloat16)
+
+    def render() -> torch.Tensor:
+        return pipe("a red cube", height=64, width=64, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").latents.float()
+
+    plain = render()
+    pipe.enable_fast_path(cuda_graphs=True, compile="regional", fuse_projections=True, fuse_gelu=True)
+    assert all(type(m) is FusedGELU for m in pipe.transformer.modules() if isinstance(m, GELU))
+    fast = render()
+    assert ((fast - plain).norm() / plain.norm()).item() < 0.05
+
+
+def _reference_pixels(pipe: DeepGenPipeline):
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(0).random((96, 80, 3)) * 255).astype(np.uint8))
+    return pipe.prepare_reference_pixels([image], 1, "dynamic", 96)
+
+
+@torch.no_grad()
+def test_vision_varlen_attention_routes_every_window_layer_and_switches_back(monkeypatch):
+    from deepgen_core import acceleration
+
+    pipe = _pipe()
+    refs = _reference_pixels(pipe)
+    expected = pipe.encode_reference_tokens(refs).embeds
+    windows = []
+    original = acceleration._vision_varlen_attention
+    monkeypatch.setattr(acceleration, "_vision_varlen_attention", lambda *a, **k: (windows.append(len(k["cu_seq_lens_q"]) - 1), original(*a, **k))[1])
+    assert set_vision_varlen_attention(pipe.encoder)
+    ours = pipe.encode_reference_tokens(refs).embeds
+    assert len(windows) == pipe.encoder.vlm.visual.config.depth and max(windows) > 1  # every layer, windowed ones too
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)  # CPU: the same per-window SDPA
+    assert not set_vision_varlen_attention(pipe.encoder, False)
+    assert pipe.encoder.vlm.visual.config._attn_implementation == "sdpa"
+    pipe.enable_fast_path(vision_varlen=True)
+    assert pipe.encoder.vlm.visual.config._attn_implementation == acceleration.VISION_VARLEN_ATTENTION
+    pipe.enable_fast_path()  # None keeps it
+    assert pipe.encoder.vlm.visual.config._attn_implementation == acceleration.VISION_VARLEN_ATTENTION
+    pipe.enable_fast_path(vision_varlen=False)
+    assert pipe.encoder.vlm.visual.config._attn_implementation == "sdpa"
+
+
+@cuda
+@torch.no_grad()
+def test_vision_varlen_attention_on_cuda_equals_per_window_sdpa():
+    pipe = _pipe("cuda", torch.bfloat16)
+    refs = _reference_pixels(pipe)
+    expected = pipe.encode_reference_tokens(refs).embeds.float()
+    assert set_vision_varlen_attention(pipe.encoder)
+    ours = pipe.encode_reference_tokens(refs).embeds.float()
+    assert ((ours - expected).norm() / expected.norm()).item() < 1e-2
