@@ -25,7 +25,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -74,6 +74,23 @@ def _flatten(hidden_states, encoder_hidden_states, pooled_projections, timestep,
     refs = [t for sample in reference_latents for t in sample] if reference_latents is not None else []
     mod = [modulation] if modulation is not None else []
     return [hidden_states, encoder_hidden_states, pooled_projections, timestep, *mod, *refs]
+
+
+def _capture_graph(forward: Callable[[Sequence[torch.Tensor]], object], flat: Sequence[torch.Tensor], warmup: int, pool) -> _Captured:
+    """Capture `forward` over static copies of `flat` into the memory `pool`, after `warmup` eager calls on a side
+    stream (cuBLAS/cuDNN handles, compile and autotuning must not happen during a capture)."""
+    static = tuple(t.detach().clone() for t in flat)
+    side = torch.cuda.Stream(device=static[0].device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            forward(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        output = forward(static)
+    torch.cuda.synchronize()
+    return _Captured(graph, static, output)
 
 
 class DiTGraphRunner:
@@ -155,23 +172,12 @@ class DiTGraphRunner:
 
     def _capture(self, key: tuple, flat: Sequence[torch.Tensor], n_refs: list[int] | None, has_mod: bool) -> _Captured:
         start = time.perf_counter()
-        static = tuple(t.detach().clone() for t in flat)
-        side = torch.cuda.Stream(device=static[0].device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self._forward(static, n_refs, has_mod)
-        torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
         # Graphs share one pool: they never run concurrently and every output is cloned right after replay.
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = self._forward(static, n_refs, has_mod)
-        torch.cuda.synchronize()
+        entry = _capture_graph(lambda static: self._forward(static, n_refs, has_mod), flat, self.warmup, self._pool)
         self.capture_seconds[key] = time.perf_counter() - start
-        logger.info("captured a DiT CUDA graph for %s in %.2f s", [s.shape for s in static[:1]], self.capture_seconds[key])
-        entry = _Captured(graph, static, output)
+        logger.info("captured a DiT CUDA graph for %s in %.2f s", [s.shape for s in entry.inputs[:1]], self.capture_seconds[key])
         self._graphs[key] = entry
         return entry
 
@@ -238,22 +244,11 @@ class EncoderGraphRunner:
 
     def _capture(self, key: tuple, flat: Sequence[torch.Tensor]) -> _Captured:
         start = time.perf_counter()
-        static = tuple(t.detach().clone() for t in flat)
-        side = torch.cuda.Stream(device=static[0].device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self._forward(static)
-        torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = self._forward(static)
-        torch.cuda.synchronize()
+        entry = _capture_graph(self._forward, flat, self.warmup, self._pool)
         self.capture_seconds[key] = time.perf_counter() - start
-        logger.info("captured an encoder CUDA graph for %s in %.2f s", tuple(static[0].shape), self.capture_seconds[key])
-        entry = _Captured(graph, static, output)
+        logger.info("captured an encoder CUDA graph for %s in %.2f s", tuple(entry.inputs[0].shape), self.capture_seconds[key])
         self._graphs[key] = entry
         return entry
 
