@@ -66,7 +66,7 @@ def weights_fingerprint(*modules: nn.Module) -> tuple:
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, ...]  # static buffers, flattened in `_flatten` order
+    inputs: tuple[torch.Tensor, ...]  # static buffers, in the order the runner flattens its arguments
     output: torch.Tensor | tuple[torch.Tensor, ...]
 
 
