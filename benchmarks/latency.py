@@ -14,6 +14,7 @@ after a warm-up, encode / DiT / decode split by CUDA events) in one process on t
   the encoder graph;
 - `vision_varlen` (optional): the vision tower's windowed attention as one varlen flash-attention call per layer
   (`set_vision_varlen_attention`) instead of one SDPA call per window;
+- `vision_compiled` (optional): each vision block compiled (dynamic shapes);
 - `autotune` (optional): the blocks recompiled with inductor's `max-autotune-no-cudagraphs` (Triton GEMM templates with fused
   epilogues, benchmarked against cuBLAS per shape), the GELU unfused again so inductor may fuse it itself.
 
@@ -48,7 +49,7 @@ from deepgen_core.pipeline import DeepGenPipeline
 
 logger = logging.getLogger("deepgen.bench.latency")
 LEVERS = ("eager_encoder", "base", "fused_gelu", "vae_compiled", "encoder_compiled")
-OPTIONAL_LEVERS = ("vision_varlen", "vae_compiled_dynamic", "autotune")
+OPTIONAL_LEVERS = ("vision_varlen", "vision_compiled", "vae_compiled_dynamic", "autotune")
 
 
 def _gpu_events(prof: torch.profiler.profile) -> list[tuple[float, float, str]]:
@@ -185,6 +186,9 @@ class Latency:
         elif lever == "vision_varlen":
             if not set_vision_varlen_attention(pipe.encoder):
                 raise RuntimeError("torch.nn.attention.varlen is not available in this torch")
+        elif lever == "vision_compiled":  # each vision block, dynamic shapes (after vision_varlen: no per-window split)
+            for block in pipe.encoder.vlm.visual.blocks:
+                block.compile(dynamic=True)
         elif lever == "vae_compiled_dynamic":
             pipe.vae.decoder.compile(dynamic=True)
         elif lever == "encoder_compiled":
