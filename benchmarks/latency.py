@@ -40,7 +40,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from measure import benchmark_scenario, rel_l2
+from measure import (
+    EDIT_PROMPT,
+    T2I_PROMPT,
+    StepCounter,
+    benchmark_scenario,
+    pipe_default_negative,
+    reference_images,
+    rel_l2,
+)
 from real_size_smoke import real_size_components
 from suite import SCENARIOS
 
@@ -102,9 +110,7 @@ def _busy_and_gaps(events: list[tuple[float, float, str]], top: int = 8) -> dict
 def profile_phases(pipe: DeepGenPipeline, scenario, steps: int) -> dict:
     """One image, each phase (encode, denoise, decode) under its own profiler after a synchronise: wall time and
     the GPU's busy time, kernel count and idle gaps in that phase."""
-    from measure import StepCounter, pipe_default_negative, reference_images
-
-    prompt = "a photograph of a red fox reading a newspaper on a park bench, morning light, detailed fur"
+    prompt = EDIT_PROMPT if scenario.is_edit else T2I_PROMPT  # as `measure.generate`
     generator = torch.Generator().manual_seed(42)
     out, state = {}, {}
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -208,7 +214,7 @@ class Latency:
     def run(self) -> None:
         start = time.perf_counter()
         levers = self.args.levers.split(",")
-        for i, lever in enumerate(levers):
+        for lever in levers:
             if time.perf_counter() - start > self.args.budget_s:
                 self.extra.setdefault("skipped", []).append(lever)
                 continue

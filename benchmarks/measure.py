@@ -64,10 +64,13 @@ class StepCounter:
         self.calls += 1
 
 
+T2I_PROMPT = "a photograph of a red fox reading a newspaper on a park bench, morning light, detailed fur"
+EDIT_PROMPT = "make the sky purple and add a small boat"
+
+
 def generate(pipe, scenario: Scenario, steps: int, seed: int, guidance: float = 4.0) -> tuple[dict, torch.Tensor]:
     """One image batch through the pipeline's step methods (the ComfyUI path), with CUDA-event phase times."""
-    prompt = "a photograph of a red fox reading a newspaper on a park bench, morning light, detailed fur"
-    prompts = [prompt if not scenario.is_edit else "make the sky purple and add a small boat"] * scenario.batch
+    prompts = [EDIT_PROMPT if scenario.is_edit else T2I_PROMPT] * scenario.batch
     events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
     counter = StepCounter()
     generator = torch.Generator().manual_seed(seed)
