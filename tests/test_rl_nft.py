@@ -155,3 +155,42 @@ def test_adaptive_weighting_bounds_each_samples_pull():
     plain = old.clone().requires_grad_(True)
     nft_loss(plain, old, target, r, 1.0).sum().backward()
     assert plain.grad[1].norm() > 50 * plain.grad[0].norm()
+
+
+@pytest.mark.parametrize("group_noise", [False, True])
+def test_nft_group_noise_cancels_the_noise_of_a_groups_pulls_and_pushes(group_noise):
+    """A group of identical images with balanced advantages carries no signal. With one forward noise per group
+    (`nft_group_noise`) the update sees exactly that (zero gradient); with a fresh noise per image the pulls and pushes
+    land on different noisy targets and leave a noise gradient."""
+    from deepgen_core.pipeline import PromptEmbeddings
+    from deepgen_core.presets import tiny_components
+    from deepgen_core.train.rl.config import PolicyConfig
+    from deepgen_core.train.rl.rollout import Rollout, RolloutSettings
+    from deepgen_core.train.rl.update import policy_update
+
+    dit = tiny_components(0).transformer
+    g = torch.Generator().manual_seed(0)
+    group, groups, steps = 4, 2, 3
+    n = group * groups
+    final = torch.randn(groups, 16, 4, 4, generator=g).repeat_interleave(group, dim=0)  # each group: G equal images
+    latents = torch.cat([torch.randn(steps, n, 16, 4, 4, generator=g), final[None]])
+    dim = dit.config.joint_attention_dim
+    emb = PromptEmbeddings(torch.randn(groups, 5, dim, generator=g).repeat_interleave(group, dim=0),
+                           torch.randn(groups, dit.config.pooled_projection_dim, generator=g).repeat_interleave(group, dim=0),
+                           torch.zeros(0), torch.zeros(0))
+    ro = Rollout(["p"] * n, latents, torch.zeros(steps, n), torch.tensor([1000.0, 600.0, 300.0]), [1.0, 0.6, 0.3, 0.0], emb, [], group)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * groups)  # balanced within each group, inside the clip
+    policy = PolicyConfig(algorithm="nft", kl_beta=0.0, micro_batch_size=3, nft_group_noise=group_noise)  # micro-batches cut the groups
+    norms = []
+
+    def optimizer_step():
+        norms.append(torch.cat([p.grad.flatten() for p in dit.parameters() if p.grad is not None]).norm().item())
+        dit.zero_grad()
+
+    policy_update(ro, advantages, dit, dit, RolloutSettings(guidance_scale=0.0), policy, [0, 1], lambda loss, _: loss.backward(),
+                  optimizer_step, noise_generator=torch.Generator().manual_seed(1))
+    assert len(norms) == 1
+    if group_noise:
+        assert norms[0] < 1e-6, norms
+    else:
+        assert norms[0] > 1e-3, norms

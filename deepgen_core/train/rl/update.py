@@ -139,7 +139,8 @@ def policy_update(
         sft_loss: returns the auxiliary flow-matching loss (with grad), or None to skip it this step.
         old_model: DiffusionNFT's rollout policy v_old (algorithm 'nft'); None when it is the trained DiT itself, which
             needs one optimizer update per step (not `reference_stepping`).
-        noise_generator: draws DiffusionNFT's forward noise, on the CPU in fp32, one tensor per (step, micro-batch).
+        noise_generator: draws DiffusionNFT's forward noise, on the CPU in fp32: one tensor per (step, micro-batch), or
+            with `policy.nft_group_noise` one per step of (groups, C, h, w), repeated over each group's images.
 
     Returns:
         averaged metrics: loss/policy, kl, clip_frac, ratio_dev, loss/sft, grad_norm, optimizer_updates.
@@ -155,6 +156,11 @@ def policy_update(
     mix = 1.0 - policy.sft_coef if sft_loss is not None else 1.0
     scale = 1.0 / (len(steps) * len(bounds))  # mean over trained steps and micro-batches
     metrics = {"loss/policy": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_dev": 0.0}
+    group_noise: dict[int, torch.Tensor] = {}
+    if nft and policy.nft_group_noise:  # drawn up front, so the micro-batch split does not change which noise an image gets
+        for step in steps:
+            shared = torch.randn((n // ro.group_size, *ro.latents.shape[2:]), generator=noise_generator, dtype=torch.float32)
+            group_noise[step] = shared.repeat_interleave(ro.group_size, dim=0)
     norms = []
     for k, job in enumerate(jobs):
         boundary = policy.reference_stepping or k == len(jobs) - 1
@@ -165,8 +171,10 @@ def policy_update(
         else:
             if nft:
                 rows = job[1]
-                shape = (rows.stop - rows.start, *ro.latents.shape[2:])
-                noise = torch.randn(shape, generator=noise_generator, dtype=torch.float32)
+                if group_noise:
+                    noise = group_noise[job[0]][rows]
+                else:
+                    noise = torch.randn((rows.stop - rows.start, *ro.latents.shape[2:]), generator=noise_generator, dtype=torch.float32)
                 parts = nft_micro_batch_losses(model, old_model, ref_model, ro, advantages, job[0], rows, noise, settings, policy)
             else:
                 parts = micro_batch_losses(model, ref_model, ro, advantages, job[0], job[1], settings, policy)
