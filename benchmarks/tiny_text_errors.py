@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="sampling steps of part 2 (the RL rollout's)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="where the pipeline runs (cuda: a device machine; numbers differ from the CPU's by sampling noise)")
+    parser.add_argument("--device", default="cpu", help="where the pipeline runs (cuda: a device machine; the GPU rounds differently, so a few words read differently from the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = DeepGenPipeline.from_pretrained(args.model or deepgen_tiny_dir(), torch_dtype=torch.float32).to(args.device)
