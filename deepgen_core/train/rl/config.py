@@ -64,7 +64,7 @@ class PolicyConfig:
     nft_group_noise: bool = _help(False, "DiffusionNFT: forward-noise the G images of a group with one shared noise per trained step (common random "
                                   "numbers). Their flow-matching targets eps - x0 then differ only by the images, and since a group's "
                                   "optimalities balance around 1/2 the eps parts of its pulls and pushes cancel; with a fresh noise per image "
-                                  "they do not, and where good and bad images differ little (low-contrast glyphs) that noise swamps the "
+                                  "they do not, and where good and bad images differ little (low-contrast glyphs) that noise can swamp the "
                                   "signal. false: a fresh noise per image (DiffusionNFT's own)")
     timestep_fraction: float = _help(0.6, "fraction of the denoising steps trained per rollout (random subset, sorted)")
     include_last_step: bool = _help(False, "allow the last step (deterministic for CPS) in the subset")
