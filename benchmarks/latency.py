@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +44,8 @@ from measure import (
     T2I_PROMPT,
     StepCounter,
     benchmark_scenario,
+    busy_and_gaps,
+    gpu_events,
     pipe_default_negative,
     reference_images,
     rel_l2,
@@ -58,53 +59,6 @@ from deepgen_core.pipeline import DeepGenPipeline
 logger = logging.getLogger("deepgen.bench.latency")
 LEVERS = ("eager_encoder", "base", "fused_gelu", "vae_compiled", "encoder_compiled")
 OPTIONAL_LEVERS = ("vision_varlen", "vision_compiled", "vae_compiled_dynamic", "autotune")
-
-
-def _gpu_events(prof: torch.profiler.profile) -> list[tuple[float, float, str]]:
-    """(start µs, end µs, name) of every GPU kernel / copy / memset of a finished profile, by start time."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        trace = json.loads(Path(f.name).read_text())
-    events = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in trace.get("traceEvents", [])
-              if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-    return sorted(events)
-
-
-def _category(name: str) -> str:
-    low = name.lower()
-    if any(k in low for k in ("fmha", "sdpa", "flash", "attention")):
-        return "attention"
-    if any(k in low for k in ("nvjet", "gemm", "xmma", "cutlass", "cublas")):
-        return "gemm"
-    if low.startswith("triton"):
-        return "triton"
-    if any(k in low for k in ("copy", "memcpy", "cat", "memset")):
-        return "copy"
-    return "other"
-
-
-def _busy_and_gaps(events: list[tuple[float, float, str]], top: int = 8) -> dict:
-    """GPU busy time (union of intervals), the idle time between the first and last event, and the largest gaps."""
-    if not events:
-        return {"kernels": 0}
-    busy, gaps, end, last_name = 0.0, [], events[0][0], None
-    for start, stop, name in events:
-        if start > end:
-            gaps.append((start - end, last_name, name))
-        busy += max(0.0, stop - max(start, end))
-        if stop > end:
-            end, last_name = stop, name
-    span = end - events[0][0]
-    gaps.sort(reverse=True)
-    by_kind: dict[str, list] = {}
-    for start, stop, name in events:
-        entry = by_kind.setdefault(_category(name), [0, 0.0])
-        entry[0] += 1
-        entry[1] += (stop - start) / 1e3
-    return {"kernels": len(events), "gpu_span_ms": span / 1e3, "gpu_busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3,
-            "gaps_over_20us": sum(1 for g in gaps if g[0] > 20), "idle_in_gaps_over_20us_ms": sum(g[0] for g in gaps if g[0] > 20) / 1e3,
-            "kernel_ms_by_kind": {k: {"count": c, "ms": round(ms, 2)} for k, (c, ms) in sorted(by_kind.items())},
-            "largest_gaps": [{"us": round(g, 1), "after": a[:80] if a else None, "before": b[:80]} for g, a, b in gaps[:top]]}
 
 
 def profile_phases(pipe: DeepGenPipeline, scenario, steps: int) -> dict:
@@ -139,7 +93,7 @@ def profile_phases(pipe: DeepGenPipeline, scenario, steps: int) -> dict:
                 wall = time.perf_counter() - t0
             memory = {"allocated_before_gib": before / 2**30, "allocated_after_gib": torch.cuda.memory_allocated() / 2**30,
                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-            out[name] = {"wall_ms": wall * 1e3, **memory, **_busy_and_gaps(_gpu_events(prof))}
+            out[name] = {"wall_ms": wall * 1e3, **memory, **busy_and_gaps(gpu_events(prof))}
     return out
 
 

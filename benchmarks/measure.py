@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -170,3 +173,55 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[list[fl
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times, first
+
+
+def gpu_events(prof: torch.profiler.profile) -> list[tuple[float, float, str]]:
+    """(start µs, end µs, name) of every GPU kernel / copy / memset of a finished profile, by start time."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        trace = json.loads(Path(f.name).read_text())
+    events = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in trace.get("traceEvents", [])
+              if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    return sorted(events)
+
+
+def kernel_category(name: str) -> str:
+    """The kind of a GPU kernel, from its name: attention, gemm, triton (inductor), optimizer, eager elementwise, copy or other."""
+    low = name.lower()
+    if any(k in low for k in ("fmha", "sdpa", "flash", "attention")):
+        return "attention"
+    if any(k in low for k in ("nvjet", "gemm", "xmma", "cutlass", "cublas")):
+        return "gemm"
+    if low.startswith("triton"):
+        return "triton"
+    if any(k in low for k in ("multi_tensor_apply", "adam")):
+        return "optimizer"  # fused AdamW, and clipping's foreach norm / scale
+    if any(k in low for k in ("elementwise", "reduce_kernel")):
+        return "eager elementwise"
+    if any(k in low for k in ("copy", "memcpy", "cat", "memset")):
+        return "copy"
+    return "other"
+
+
+def busy_and_gaps(events: list[tuple[float, float, str]], top: int = 8) -> dict:
+    """GPU busy time (union of intervals), the idle time between the first and last event, and the largest gaps."""
+    if not events:
+        return {"kernels": 0}
+    busy, gaps, end, last_name = 0.0, [], events[0][0], None
+    for start, stop, name in events:
+        if start > end:
+            gaps.append((start - end, last_name, name))
+        busy += max(0.0, stop - max(start, end))
+        if stop > end:
+            end, last_name = stop, name
+    span = end - events[0][0]
+    gaps.sort(reverse=True)
+    by_kind: dict[str, list] = {}
+    for start, stop, name in events:
+        entry = by_kind.setdefault(kernel_category(name), [0, 0.0])
+        entry[0] += 1
+        entry[1] += (stop - start) / 1e3
+    return {"kernels": len(events), "gpu_span_ms": span / 1e3, "gpu_busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3,
+            "gaps_over_20us": sum(1 for g in gaps if g[0] > 20), "idle_in_gaps_over_20us_ms": sum(g[0] for g in gaps if g[0] > 20) / 1e3,
+            "kernel_ms_by_kind": {k: {"count": c, "ms": round(ms, 2)} for k, (c, ms) in sorted(by_kind.items())},
+            "largest_gaps": [{"us": round(g, 1), "after": a[:80] if a else None, "before": b[:80]} for g, a, b in gaps[:top]]}

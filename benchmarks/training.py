@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import PEAK_TFLOPS, StepCounter, dit_forward_flops, image_tokens, timed
+from measure import PEAK_TFLOPS, StepCounter, busy_and_gaps, dit_forward_flops, gpu_events, image_tokens, timed
 
 from deepgen_core.acceleration import (
     FP8Linear,
@@ -314,8 +314,9 @@ def graphs_parity(pipe, micro_batch: int = 4, size: int = 512, precision: str = 
 
 
 def profile_step(step, top: int = 15) -> dict:
-    """One step under torch.profiler: wall time, summed GPU kernel time (busy), the top kernels by GPU time and the
-    top host ops by self CPU time (where an under-used GPU waits)."""
+    """One step under torch.profiler: wall time, summed GPU kernel time (busy), the top kernels by GPU time, the
+    top host ops by self CPU time (where an under-used GPU waits) and the GPU timeline (`measure.busy_and_gaps`:
+    kernel time by kind, i.e. GEMM / attention / Triton / optimizer / eager element-wise / copies, and idle gaps)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -329,7 +330,7 @@ def profile_step(step, top: int = 15) -> dict:
                      key=lambda e: e.device_time_total, reverse=True)
     host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     busy = sum(e.device_time_total for e in kernels) / 1e6
-    return {"wall_s": wall, "gpu_busy_s": busy, "kernel_launches": sum(e.count for e in kernels),
+    return {"wall_s": wall, "gpu_busy_s": busy, "kernel_launches": sum(e.count for e in kernels), "timeline": busy_and_gaps(gpu_events(prof)),
             "top_kernels": [{"name": e.key[:100], "ms": e.device_time_total / 1e3, "calls": e.count} for e in kernels[:top]],
             "top_host_ops": [{"name": e.key[:100], "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in host[:top]]}
 
