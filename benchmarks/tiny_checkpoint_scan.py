@@ -1,14 +1,14 @@
 """Read words through a stage-3 run's checkpoints: where along the run did held-out words (and a pair's training prompts) move?
 
     python3 benchmarks/tiny_checkpoint_scan.py --seed-model deepgen_core/assets/deepgen-tiny --run /tmp/bg/A --run /tmp/bg/B \
-        --pairs black/green,green/black --out scan.json
+        --pairs black/green,green/black --out scan.jsonl
 
 For the seed model (step 0) and every `--every`-th checkpoint of each `--run` (`<run>/checkpoints/step-*/trainable.safetensors`
 of `deepgen train rl`), the seed model's DiT takes the checkpoint's weights, then renders:
 - the first `--n-text` held-out word prompts as the evaluation does (20 steps, CFG 4, seed 0, batch 64), counting the exact
   reads overall and on the held-out combinations of `--pairs`;
-- every training (word, colour pair) combination of `--pairs` under `--seeds` seeds (ODE, 16 steps, CFG 4), as
-  `tiny_text_errors.py` part 2 does: the RL reward's own ground, where stage 2 leaves room.
+- every training (word, colour pair) combination of `--pairs` under `--seeds` seeds (ODE, 16 steps, CFG 4, batch 64),
+  with `tiny_text_errors.py`'s part-2 reader: the RL reward's own ground, where stage 2 leaves room.
 OCR reads at `--detection-side` (320, the RL reward's; the evaluation's 736 reads a few words differently). One JSON line
 per checkpoint, and the table. GPU or CPU.
 """
@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 from deepgen_core.pipeline import DeepGenPipeline
 from deepgen_core.rewards.ocr import OCRReward, normalize_text
 from deepgen_core.tiny_world.evaluate import _generate
-from deepgen_core.tiny_world.sampling import TEXT_COMBOS, heldout_texts
-from deepgen_core.tiny_world.world import TextScene, describe_text
+from deepgen_core.tiny_world.sampling import heldout_texts
+from tiny_text_errors import read_pair_training_prompts  # this folder's script (python puts it first on sys.path)
 
 PREFIX = "inner.transformer."  # the RL model's trainable keys (DeepGenTrainModel wraps the DiT as `inner.transformer`)
 
@@ -55,10 +55,7 @@ def scan_row(pipe, ocr: OCRReward, n_text: int, pairs: list[tuple[str, str]], se
     held = heldout_texts(n_text, 0)
     right = read_words(pipe, ocr, [s.prompt for s in held], [s.scene.word for s in held], 0, 20)
     in_pairs = np.array([(s.scene.colour, s.scene.background) in pairs for s in held])
-    combos = [c for c in TEXT_COMBOS["train"] if (c[1], c[2]) in pairs]
-    rng = np.random.default_rng(0)
-    prompts = [describe_text(TextScene(*c), rng) for c in combos]
-    train = np.concatenate([read_words(pipe, ocr, prompts, [c[0] for c in combos], 1000 * (s + 1), 16) for s in range(seeds)])
+    _, train = read_pair_training_prompts(pipe, ocr, pairs, seeds, 16, 64)
     return {"heldout": int(right.sum()), "heldout_n": len(held), "heldout_pairs": int(right[in_pairs].sum()),
             "heldout_pairs_n": int(in_pairs.sum()), "train_pairs": float(train.mean()) if train.size else None,
             "train_pairs_n": int(train.size)}

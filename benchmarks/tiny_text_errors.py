@@ -28,6 +28,21 @@ from deepgen_core.tiny_world.world import TextScene, describe_text
 # `_generate` is the evaluation's own renderer (batch b seeded `seed + b`), so part 1 sees what evaluate_text sees.
 
 
+def read_pair_training_prompts(pipe, ocr: OCRReward, pairs: list[tuple[str, str]], seeds: int, steps: int,
+                               batch: int) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """Every training (word, colour, background) combination of `pairs`, one prompt each, rendered under `seeds`
+    seeds (ODE, `steps` steps, CFG 4): the combinations and a (seeds, combinations) bool array of exact reads."""
+    combos = [c for c in TEXT_COMBOS["train"] if (c[1], c[2]) in pairs]
+    if not combos:
+        return combos, np.zeros((seeds, 0), dtype=bool)
+    rng = np.random.default_rng(0)
+    prompts = [describe_text(TextScene(*c), rng) for c in combos]
+    images = [img for seed in range(seeds) for img in _generate(pipe, prompts, None, 1000 * (seed + 1), steps, 4.0, batch, 128)]
+    reads = ocr.recognize_many(images)
+    right = [not isinstance(r, Exception) and normalize_text(r) == normalize_text(combos[i % len(combos)][0]) for i, r in enumerate(reads)]
+    return combos, np.array(right).reshape(seeds, -1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="converted DeepGen-Tiny folder (default: the embedded one)")
@@ -54,13 +69,8 @@ def main() -> None:
             for scene, read in wrong:
                 print(f"  {scene.word} -> {read!r} ({scene.colour} on {scene.background})")
         pairs = [tuple(p.split("/")) for p in args.pairs.split(",") if p]
-        combos = [c for c in TEXT_COMBOS["train"] if (c[1], c[2]) in pairs]
+        combos, right = read_pair_training_prompts(pipe, ocr, pairs, args.seeds, args.steps, args.batch)
         if combos:
-            rng = np.random.default_rng(0)
-            prompts = [describe_text(TextScene(*c), rng) for c in combos]
-            images = [img for seed in range(args.seeds) for img in _generate(pipe, prompts, None, 1000 * (seed + 1), args.steps, 4.0, args.batch, 128)]
-            reads = ocr.recognize_many(images)
-            right = np.array([normalize_text(r) == normalize_text(combos[i % len(combos)][0]) for i, r in enumerate(reads)]).reshape(args.seeds, -1)
             for pair in pairs:
                 idx = [i for i, c in enumerate(combos) if (c[1], c[2]) == pair]
                 spread = dict(sorted(collections.Counter(right[:, idx].sum(0).tolist()).items()))
