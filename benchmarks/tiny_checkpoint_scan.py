@@ -24,10 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from deepgen_core.pipeline import DeepGenPipeline
-from deepgen_core.rewards.ocr import OCRReward, normalize_text
-from deepgen_core.tiny_world.evaluate import _generate
+from deepgen_core.rewards.ocr import OCRReward
 from deepgen_core.tiny_world.sampling import heldout_texts
-from tiny_text_errors import read_pair_training_prompts  # this folder's script (python puts it first on sys.path)
+from tiny_text_errors import exact_reads, read_pair_training_prompts  # this folder's script (python puts it first on sys.path)
 
 PREFIX = "inner.transformer."  # the RL model's trainable keys (DeepGenTrainModel wraps the DiT as `inner.transformer`)
 
@@ -41,19 +40,14 @@ def load_dit(pipe: DeepGenPipeline, path: Path) -> None:
     state = {k[len(PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(PREFIX)}
     if not state:
         raise SystemExit(f"{path}: no '{PREFIX}*' tensors; is it a `deepgen train rl` checkpoint?")
-    missing, unexpected = pipe.transformer.load_state_dict(state, strict=False)
+    _, unexpected = pipe.transformer.load_state_dict(state, strict=False)
     if unexpected:
         raise SystemExit(f"{path}: tensors the DiT does not have: {unexpected[:5]}")
 
 
-def read_words(pipe, ocr: OCRReward, prompts: list[str], words: list[str], seed: int, steps: int) -> np.ndarray:
-    reads = ocr.recognize_many(_generate(pipe, prompts, None, seed, steps, 4.0, 64, 128))
-    return np.array([not isinstance(r, Exception) and normalize_text(r) == normalize_text(w) for r, w in zip(reads, words)])
-
-
 def scan_row(pipe, ocr: OCRReward, n_text: int, pairs: list[tuple[str, str]], seeds: int) -> dict:
     held = heldout_texts(n_text, 0)
-    right = read_words(pipe, ocr, [s.prompt for s in held], [s.scene.word for s in held], 0, 20)
+    right = exact_reads(pipe, ocr, [s.prompt for s in held], [s.scene.word for s in held], 0, 20, 64)
     in_pairs = np.array([(s.scene.colour, s.scene.background) in pairs for s in held])
     _, train = read_pair_training_prompts(pipe, ocr, pairs, seeds, 16, 64)
     return {"heldout": int(right.sum()), "heldout_n": len(held), "heldout_pairs": int(right[in_pairs].sum()),

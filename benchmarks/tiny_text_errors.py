@@ -28,6 +28,13 @@ from deepgen_core.tiny_world.world import TextScene, describe_text
 # `_generate` is the evaluation's own renderer (batch b seeded `seed + b`), so part 1 sees what evaluate_text sees.
 
 
+def exact_reads(pipe, ocr: OCRReward, prompts: list[str], words: list[str], seed: int, steps: int, batch: int) -> np.ndarray:
+    """Render `prompts` (CFG 4, `_generate`'s seeding from `seed`) and say which read back exactly as `words` (a failed
+    read counts as wrong)."""
+    reads = ocr.recognize_many(_generate(pipe, prompts, None, seed, steps, 4.0, batch, 128))
+    return np.array([not isinstance(r, Exception) and normalize_text(r) == normalize_text(w) for r, w in zip(reads, words)], dtype=bool)
+
+
 def read_pair_training_prompts(pipe, ocr: OCRReward, pairs: list[tuple[str, str]], seeds: int, steps: int,
                                batch: int) -> tuple[list[tuple[str, str, str]], np.ndarray]:
     """Every training (word, colour, background) combination of `pairs`, one prompt each, rendered under `seeds`
@@ -37,10 +44,8 @@ def read_pair_training_prompts(pipe, ocr: OCRReward, pairs: list[tuple[str, str]
         return combos, np.zeros((seeds, 0), dtype=bool)
     rng = np.random.default_rng(0)
     prompts = [describe_text(TextScene(*c), rng) for c in combos]
-    images = [img for seed in range(seeds) for img in _generate(pipe, prompts, None, 1000 * (seed + 1), steps, 4.0, batch, 128)]
-    reads = ocr.recognize_many(images)
-    right = [not isinstance(r, Exception) and normalize_text(r) == normalize_text(combos[i % len(combos)][0]) for i, r in enumerate(reads)]
-    return combos, np.array(right).reshape(seeds, -1)
+    words = [c[0] for c in combos]
+    return combos, np.stack([exact_reads(pipe, ocr, prompts, words, 1000 * (seed + 1), steps, batch) for seed in range(seeds)])
 
 
 def main() -> None:
