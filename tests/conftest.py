@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-FIXTURES = Path(os.environ.get("DEEPGEN_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference-tiny"))
+# The reference fixtures ship with the tests; DEEPGEN_FIXTURES points at an external copy instead.
+FIXTURES = Path(os.environ.get("DEEPGEN_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "reference-tiny"))
 
 
 def pytest_collection_modifyitems(config, items):
