@@ -72,7 +72,7 @@ def _pipeline(args: argparse.Namespace, device: str, dtype):
         try:
             path = deepgen_tiny_dir()
         except FileNotFoundError as exc:
-            # Until the trained weights ship (issue 6), the command still runs, on the untrained architecture.
+            # A checkout without the embedded weights still runs the command, on the untrained architecture.
             from .loading import cast
             from .presets import deepgen_tiny_architecture
 

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error naming the input and the fix (issue 2, acceptance 4)."""
+"""Bad input gets a clear error naming the input and the fix."""
 
 from __future__ import annotations
 

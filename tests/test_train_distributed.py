@@ -1,7 +1,7 @@
 """Two-process CPU training (gloo) under torchrun: plain DDP and DeepSpeed ZeRO-2, and SIGKILL + resume.
 
 Each run launches `deepgen train` through tests/train_entry.py (which only skips DeepSpeed's shm JIT build and
-adds the kill hooks). Acceptance 2 and 3 of the training issue.
+adds the kill hooks).
 """
 
 from __future__ import annotations

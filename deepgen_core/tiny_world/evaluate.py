@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 UNTOUCHED_MARGIN = 4  # px (at 128) the object boxes grow by before the untouched region is measured
 PSNR_CAP = 100.0  # dB reported for an untouched region reproduced exactly
-# (task, metric) -> the acceptance threshold of Issue 6 (None: reported without a threshold).
+# (task, metric) -> the acceptance threshold of DeepGen-Tiny (None: reported without a threshold).
 ACCEPTANCE: dict[tuple[str, str], float | None] = {
     ("t2i", "colour"): 0.9, ("t2i", "shape"): 0.8, ("t2i", "background"): 0.9, ("t2i", "size"): None,
     ("t2i", "position"): None, ("t2i", "exact"): None, ("edit", "success"): 0.8, ("edit", "psnr_untouched"): 25.0,
