@@ -3,6 +3,8 @@ trainer-readable indexes, the shape_world reward, and the evaluation metrics wit
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from itertools import product
 from types import SimpleNamespace
@@ -13,12 +15,13 @@ import torch
 from PIL import Image, ImageFilter
 
 from deepgen_core.rewards import (
+    REWARDS,
     OCRReward,
-    ShapeWorldReward,
     build_reward,
     extract_target_text,
 )
 from deepgen_core.rewards.weights import load_reward_config
+from deepgen_core.tiny_world.reward import ShapeWorldReward
 from deepgen_core.tiny_world import (
     COLOURS,
     SHAPES,
@@ -141,6 +144,17 @@ def test_prompts_parse_back_to_their_scene():
     assert parse_prompt("a photo of a cat") is None
     with pytest.raises(ValueError, match="1 or 2 objects"):
         random_scene(np.random.default_rng(0), 3)
+
+
+@pytest.mark.parametrize("first", ["deepgen_core.rewards", "deepgen_core.tiny_world.reward", "deepgen_core.tiny_world.evaluate"])
+def test_rewards_and_tiny_world_import_in_any_order(first):
+    # The tiny world builds on the rewards package, never the reverse: a fresh interpreter imports either first, and
+    # the rewards package alone loads nothing of the tiny world (its `shape_world` factory imports it on use).
+    code = f"import sys, {first}, deepgen_core.rewards; print([m for m in sys.modules if m.startswith('deepgen_core.tiny_world')])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout.strip() == "[]") == (first == "deepgen_core.rewards"), done.stdout
+    assert "shape_world" in REWARDS
 
 
 def test_shape_world_reward():

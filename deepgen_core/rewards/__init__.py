@@ -13,9 +13,16 @@ from .base import Reward, RewardOutput, check_batch
 from .clip import CLIPReward
 from .ocr import OCRReward, extract_target_text, text_accuracy
 from .service import HTTPReward
-from .shape_world import ShapeWorldReward
 from .simple import BrightnessReward, ColorReward
 from .vlm import VLMPairwiseReward
+
+def _shape_world(**options) -> Reward:
+    """The tiny world's reward (`deepgen_core.tiny_world.reward`), imported on use: the tiny world builds on this
+    package (its evaluation uses the OCR reward), not the other way round."""
+    from ..tiny_world.reward import ShapeWorldReward
+
+    return ShapeWorldReward(**options)
+
 
 REWARDS: dict[str, Callable[..., Reward]] = {
     "brightness": BrightnessReward,
@@ -23,7 +30,7 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "ocr": OCRReward,
     "clip_sim": CLIPReward,
     "unifiedreward_think": VLMPairwiseReward,
-    "shape_world": ShapeWorldReward,
+    "shape_world": _shape_world,
 }
 
 
@@ -36,5 +43,5 @@ def build_reward(name: str, **options) -> Reward:
 
 __all__ = [
     "REWARDS", "BrightnessReward", "CLIPReward", "ColorReward", "HTTPReward", "OCRReward", "Reward", "RewardOutput",
-    "ShapeWorldReward", "VLMPairwiseReward", "build_reward", "check_batch", "extract_target_text", "text_accuracy",
+    "VLMPairwiseReward", "build_reward", "check_batch", "extract_target_text", "text_accuracy",
 ]

@@ -11,6 +11,7 @@
 - `parse`: `parse_prompt` / `parse_scene`, the inverse of `describe`.
 - `dataset`: `write_dataset` (trainer indexes) and `write_rl_prompts` (MR-GRPO prompt YAML).
 - `evaluate` (imported on demand, it needs torch): acceptance metrics of a `DeepGenPipeline`.
+- `reward` (imported on demand): `ShapeWorldReward`, the `shape_world` reward of `deepgen_core.rewards`.
 """
 
 from __future__ import annotations

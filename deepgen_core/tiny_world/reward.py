@@ -1,13 +1,14 @@
-"""Reward for the tiny world (`deepgen_core.tiny_world`): how many of the prompt's attributes the image shows."""
+"""The tiny world's MR-GRPO reward (`shape_world` in `deepgen_core.rewards.REWARDS`): how many of the prompt's
+attributes the image shows."""
 
 from __future__ import annotations
 
 from PIL import Image
 
-from ..tiny_world.detect import Detection, detect
-from ..tiny_world.parse import parse_prompt
-from ..tiny_world.world import Obj
-from .base import RewardOutput, check_batch
+from ..rewards.base import RewardOutput, check_batch
+from .detect import Detection, detect
+from .parse import parse_prompt
+from .world import Obj
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
