@@ -1,0 +1,182 @@
+"""Every `deepgen ...` / `python -m deepgen_core ...` command in the README's and docs/'s ```bash blocks parses with
+the real CLI parser, and the ones that run on the embedded DeepGen-Tiny in seconds (generation without `--model`,
+`--help`, `--print-config`) run.
+
+Commands are found in ```bash / ```sh / ```shell blocks only, line continuations joined, `&&`/`;`/`|` chains split,
+leading `VAR=value` assignments dropped; `accelerate launch ... -m deepgen_core.cli ...`, `torchrun ... -m ...` and
+`deepspeed ... --module ...` count as the `deepgen` command after the module name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deepgen_core import cli
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+SHELL_LANGS = {"bash", "sh", "shell"}
+OPERATORS = {"&&", "||", ";", "|", "&"}
+MODULES = {"deepgen_core", "deepgen_core.cli"}
+LAUNCHERS = {"accelerate", "torchrun", "deepspeed"}
+CHEAP_FLAGS = {"--help", "-h", "--help-config", "--print-config"}
+GENERATE_STEPS = "4"  # the docs test runs, not judges, the pictures; quality has its own tests
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    page: str
+    line: int
+    argv: tuple[str, ...]  # after `deepgen`
+
+    def __str__(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+def _logical_lines(block: str, first_line: int):
+    """(line number, text) per shell line, backslash continuations joined."""
+    pending, start = "", first_line
+    for offset, raw in enumerate(block.splitlines()):
+        if not pending:
+            start = first_line + offset
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        yield start, pending + raw
+        pending = ""
+    if pending:
+        yield start, pending
+
+
+def _segments(text: str) -> list[list[str]]:
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    segments: list[list[str]] = [[]]
+    for token in lexer:
+        if token in OPERATORS:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    return [s for s in segments if s]
+
+
+def _deepgen_argv(tokens: list[str]) -> list[str] | None:
+    """The arguments after `deepgen` when this shell segment runs the deepgen CLI, else None."""
+    while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):
+        tokens = tokens[1:]
+    if not tokens:
+        return None
+    if tokens[0] == "deepgen":
+        return tokens[1:]
+    if tokens[0] in LAUNCHERS or re.fullmatch(r"python3?(\.\d+)?", tokens[0]):
+        for i, token in enumerate(tokens[:-1]):
+            if token in ("-m", "--module") and tokens[i + 1] in MODULES:
+                return tokens[i + 2:]
+    return None
+
+
+def doc_commands(pages: list[Path] = PAGES) -> list[DocCommand]:
+    found = []
+    for page in pages:
+        text = page.read_text()
+        for fence in FENCE.finditer(text):
+            if fence.group(1).lower() not in SHELL_LANGS:
+                continue
+            first_line = text.count("\n", 0, fence.start(2)) + 1
+            for line, logical in _logical_lines(fence.group(2), first_line):
+                for segment in _segments(logical):
+                    argv = _deepgen_argv(segment)
+                    if argv is not None:
+                        name = page.relative_to(REPO).as_posix() if page.is_relative_to(REPO) else page.name
+                        found.append(DocCommand(name, line, tuple(argv)))
+    return found
+
+
+COMMANDS = doc_commands()
+
+
+def _parse(argv) -> int:
+    """Parse as the CLI does; 0 when it parses (or prints help), argparse's exit code otherwise."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        try:
+            cli.build_parser().parse_args(list(argv))
+        except SystemExit as exc:
+            return 0 if exc.code in (0, None) else int(exc.code)
+    return 0
+
+
+def test_the_scanner_finds_the_readme_commands_and_their_forms(tmp_path):
+    readme = [c for c in COMMANDS if c.page == "README.md"]
+    assert any(c.argv[:1] == ("generate",) for c in readme), "README: no `deepgen generate` in a ```bash block"
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```bash\nDS_BUILD_OPS=0 deepgen train sft --config a.yaml \\\n    optim.lr=1  # note\n"
+        "pip x && python -m deepgen_core generate --prompt 'a b' | tee log\n"
+        "torchrun --nproc_per_node 8 -m deepgen_core.cli train sft\ndeepgen-tiny --x\n```\n"
+        "```python\ndeepgen generate\n```\n")
+    commands = doc_commands([page])
+    assert [c.argv for c in commands] == [
+        ("train", "sft", "--config", "a.yaml", "optim.lr=1"), ("generate", "--prompt", "a b"), ("train", "sft")]
+    assert [c.line for c in commands] == [2, 4, 5]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=str)
+def test_doc_command_parses(command):
+    assert _parse(command.argv) == 0, f"{command}: `deepgen {shlex.join(command.argv)}` does not parse with the real CLI"
+
+
+def _runnable(command: DocCommand) -> bool:
+    argv = command.argv
+    if CHEAP_FLAGS & set(argv):
+        return True
+    return argv[:1] == ("generate",) and "--model" not in argv
+
+
+def _prepared(argv: tuple[str, ...], workdir: Path) -> list[str] | None:
+    """The command as the test runs it: outputs go to `workdir`, inputs come from there (None when an input was not
+    written by an earlier command of the page), a few steps, on the CPU."""
+    argv = list(argv)
+    if argv[:1] != ["generate"] or CHEAP_FLAGS & set(argv):
+        return argv
+    for i, token in enumerate(argv[:-1]):
+        if token in ("--out", "--image"):
+            argv[i + 1] = str(workdir / Path(argv[i + 1]).name)
+            if token == "--image" and not Path(argv[i + 1]).is_file():
+                return None
+    if "--out" not in argv:
+        argv += ["--out", str(workdir / "deepgen.png")]
+    if "--steps" in argv:
+        argv[argv.index("--steps") + 1] = GENERATE_STEPS
+    else:
+        argv += ["--steps", GENERATE_STEPS]
+    return [*argv, "--device", "cpu"]
+
+
+@pytest.mark.parametrize("page", sorted({c.page for c in COMMANDS if _runnable(c)}))
+def test_doc_commands_run_on_deepgen_tiny(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipes and paths in the docs are relative to the checkout
+    ran = 0
+    for command in (c for c in COMMANDS if c.page == page and _runnable(c)):
+        argv = _prepared(command.argv, tmp_path)
+        if argv is None:  # edits a picture of the user's: parsed above, not run
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:  # --help
+                code = exc.code or 0
+        assert code == 0, f"{command}: `deepgen {shlex.join(argv)}` exited {code}"
+        if argv[0] == "generate" and "--out" in argv:
+            out = Path(argv[argv.index("--out") + 1])
+            assert out.is_file() or any(out.parent.glob(f"{out.stem}_*.png")), f"{command}: wrote no {out.name}"
+        ran += 1
+    assert ran, f"{page}: none of its runnable commands could run"
