@@ -180,3 +180,13 @@ def test_doc_commands_run_on_deepgen_tiny(page, tmp_path, monkeypatch):
             assert out.is_file() or any(out.parent.glob(f"{out.stem}_*.png")), f"{command}: wrote no {out.name}"
         ran += 1
     assert ran, f"{page}: none of its runnable commands could run"
+
+
+def test_readme_links_every_docs_page():
+    readme = (REPO / "README.md").read_text()
+    unlinked = [page.name for page in sorted((REPO / "docs").glob("*.md")) if f"](docs/{page.name}" not in readme]
+    assert not unlinked, f"README.md links no docs/ page named {unlinked}"
+
+
+def test_readme_stays_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 300, "README.md: put the depth in docs/"
