@@ -1,4 +1,4 @@
-"""Acceptance of the embedded DeepGen-Tiny : held-out tiny-world metrics on the CPU, and the README's
+"""Acceptance of the embedded DeepGen-Tiny: held-out tiny-world metrics on the CPU, and the README's
 main command drawing what it says. Skipped when the package has no trained weights yet.
 
 Everything is deterministic: held-out samples and generator seeds are fixed (`tiny_world.evaluate`), so a
