@@ -22,9 +22,11 @@ from deepgen_core import cli
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^[ \t]*```(\w*)[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)  # list items may indent fences
 SHELL_LANGS = {"bash", "sh", "shell"}
 OPERATORS = {"&&", "||", ";", "|", "&"}
+BARE_REDIRECT = re.compile(r"^\d*(>>?|<)$")  # `> log`: the operator, then its target
+ATTACHED_REDIRECT = re.compile(r"^\d*>>?\S+$")  # `>log`, `2>/dev/null`
 MODULES = {"deepgen_core", "deepgen_core.cli"}
 LAUNCHERS = {"accelerate", "torchrun", "deepspeed"}
 CHEAP_FLAGS = {"--help", "-h", "--help-config", "--print-config"}
@@ -57,13 +59,20 @@ def _logical_lines(block: str, first_line: int):
 
 
 def _segments(text: str) -> list[list[str]]:
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    """The simple commands of a shell line, without redirections and a leading `$ ` prompt. Only `;&|` are
+    operators, so placeholders such as `<folder>` stay words."""
+    lexer = shlex.shlex(text.strip().removeprefix("$ "), posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     segments: list[list[str]] = [[]]
+    skip_next = False
     for token in lexer:
         if token in OPERATORS:
             segments.append([])
-        else:
+        elif skip_next:
+            skip_next = False
+        elif BARE_REDIRECT.match(token):
+            skip_next = True
+        elif not ATTACHED_REDIRECT.match(token):
             segments[-1].append(token)
     return [s for s in segments if s]
 
@@ -122,11 +131,13 @@ def test_the_scanner_finds_the_readme_commands_and_their_forms(tmp_path):
         "```bash\nDS_BUILD_OPS=0 deepgen train sft --config a.yaml \\\n    optim.lr=1  # note\n"
         "pip x && python -m deepgen_core generate --prompt 'a b' | tee log\n"
         "torchrun --nproc_per_node 8 -m deepgen_core.cli train sft\ndeepgen-tiny --x\n```\n"
-        "```python\ndeepgen generate\n```\n")
+        "```python\ndeepgen generate\n```\n"
+        "- a list item:\n\n  ```bash\n  $ deepgen convert --model <folder> --out out 2>&1 > log.txt\n  ```\n")
     commands = doc_commands([page])
     assert [c.argv for c in commands] == [
-        ("train", "sft", "--config", "a.yaml", "optim.lr=1"), ("generate", "--prompt", "a b"), ("train", "sft")]
-    assert [c.line for c in commands] == [2, 4, 5]
+        ("train", "sft", "--config", "a.yaml", "optim.lr=1"), ("generate", "--prompt", "a b"), ("train", "sft"),
+        ("convert", "--model", "<folder>", "--out", "out")]
+    assert [c.line for c in commands] == [2, 4, 5, 14]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
