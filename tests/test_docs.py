@@ -4,7 +4,8 @@ the real CLI parser, and the ones that run on the embedded DeepGen-Tiny in secon
 
 Commands are found in ```bash / ```sh / ```shell blocks only, line continuations joined, `&&`/`;`/`|` chains split,
 leading `VAR=value` assignments dropped; `accelerate launch ... -m deepgen_core.cli ...`, `torchrun ... -m ...` and
-`deepspeed ... --module ...` count as the `deepgen` command after the module name.
+`deepspeed ... --module ...` count as the `deepgen` command after the module name. A command whose comment says
+it fails on purpose (`# error: ...`, `# refused`) must exit with the CLI's bad-input code, 2.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BARE_REDIRECT = re.compile(r"^\d*(>>?|<)$")  # `> log`: the operator, then its t
 ATTACHED_REDIRECT = re.compile(r"^\d*>>?\S+$")  # `>log`, `2>/dev/null`
 MODULES = {"deepgen_core", "deepgen_core.cli"}
 LAUNCHERS = {"accelerate", "torchrun", "deepspeed"}
+EXPECTS_ERROR = re.compile(r"#.*\b(error|fails?|refused|rejected)\b", re.I)
 CHEAP_FLAGS = {"--help", "-h", "--help-config", "--print-config"}
 GENERATE_STEPS = "4"  # the docs test runs, not judges, the pictures; quality has its own tests
 
@@ -38,6 +40,7 @@ class DocCommand:
     page: str
     line: int
     argv: tuple[str, ...]  # after `deepgen`
+    expects_error: bool = False  # its comment says it fails on purpose (`# error: ...`)
 
     def __str__(self) -> str:
         return f"{self.page}:{self.line}"
@@ -105,7 +108,7 @@ def doc_commands(pages: list[Path] = PAGES) -> list[DocCommand]:
                     argv = _deepgen_argv(segment)
                     if argv is not None:
                         name = page.relative_to(REPO).as_posix() if page.is_relative_to(REPO) else page.name
-                        found.append(DocCommand(name, line, tuple(argv)))
+                        found.append(DocCommand(name, line, tuple(argv), bool(EXPECTS_ERROR.search(logical))))
     return found
 
 
@@ -132,15 +135,18 @@ def test_the_scanner_finds_the_readme_commands_and_their_forms(tmp_path):
         "pip x && python -m deepgen_core generate --prompt 'a b' | tee log\n"
         "torchrun --nproc_per_node 8 -m deepgen_core.cli train sft\ndeepgen-tiny --x\n```\n"
         "```python\ndeepgen generate\n```\n"
-        "- a list item:\n\n  ```bash\n  $ deepgen convert --model <folder> --out out 2>&1 > log.txt\n  ```\n")
+        "- a list item:\n\n  ```bash\n  $ deepgen convert --model <folder> --out out 2>&1 > log.txt\n"
+        "  deepgen generate --prompt x --steps 0   # error: steps must be positive\n  ```\n")
     commands = doc_commands([page])
     assert [c.argv for c in commands] == [
         ("train", "sft", "--config", "a.yaml", "optim.lr=1"), ("generate", "--prompt", "a b"), ("train", "sft"),
-        ("convert", "--model", "<folder>", "--out", "out")]
-    assert [c.line for c in commands] == [2, 4, 5, 14]
+        ("convert", "--model", "<folder>", "--out", "out"), ("generate", "--prompt", "x", "--steps", "0")]
+    assert [c.line for c in commands] == [2, 4, 5, 14, 15]
+    assert [c.expects_error for c in commands] == [False] * 4 + [True]
+    assert _exit_code(["generate", "--prompt", "x", "--dtype", "fp64"]) == 2  # how a documented failure is judged
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=str)
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not c.expects_error], ids=str)
 def test_doc_command_parses(command):
     assert _parse(command.argv) == 0, f"{command}: `deepgen {shlex.join(command.argv)}` does not parse with the real CLI"
 
@@ -152,12 +158,14 @@ def _runnable(command: DocCommand) -> bool:
     return argv[:1] == ("generate",) and "--model" not in argv
 
 
-def _prepared(argv: tuple[str, ...], workdir: Path) -> list[str] | None:
+def _prepared(argv: tuple[str, ...], workdir: Path, fast: bool = True) -> list[str] | None:
     """The command as the test runs it: outputs go to `workdir`, inputs come from there (None when an input was not
-    written by an earlier command of the page), a few steps, on the CPU."""
+    written by an earlier command of the page), a few steps (`fast`), on the CPU."""
     argv = list(argv)
     if argv[:1] != ["generate"] or CHEAP_FLAGS & set(argv):
         return argv
+    if not fast:
+        return [*argv, "--device", "cpu"] if "--device" not in argv else argv
     for i, token in enumerate(argv[:-1]):
         if token in ("--out", "--image"):
             argv[i + 1] = str(workdir / Path(argv[i + 1]).name)
@@ -172,11 +180,11 @@ def _prepared(argv: tuple[str, ...], workdir: Path) -> list[str] | None:
     return [*argv, "--device", "cpu"]
 
 
-@pytest.mark.parametrize("page", sorted({c.page for c in COMMANDS if _runnable(c)}))
+@pytest.mark.parametrize("page", sorted({c.page for c in COMMANDS if _runnable(c) and not c.expects_error}))
 def test_doc_commands_run_on_deepgen_tiny(page, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # recipes and paths in the docs are relative to the checkout
     ran = 0
-    for command in (c for c in COMMANDS if c.page == page and _runnable(c)):
+    for command in (c for c in COMMANDS if c.page == page and _runnable(c) and not c.expects_error):
         argv = _prepared(command.argv, tmp_path)
         if argv is None:  # edits a picture of the user's: parsed above, not run
             continue
@@ -191,6 +199,24 @@ def test_doc_commands_run_on_deepgen_tiny(page, tmp_path, monkeypatch):
             assert out.is_file() or any(out.parent.glob(f"{out.stem}_*.png")), f"{command}: wrote no {out.name}"
         ran += 1
     assert ran, f"{page}: none of its runnable commands could run"
+
+
+def _exit_code(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return cli.main(argv)
+        except SystemExit as exc:  # argparse
+            return 0 if exc.code is None else int(exc.code)
+
+
+def test_documented_failures_fail_as_bad_input(tmp_path, monkeypatch):
+    # Commands a page shows failing on purpose (`# error: ...`) exit with the CLI's bad-input code, whether argparse or
+    # the library refuses them; none of them may succeed or crash.
+    monkeypatch.chdir(tmp_path)
+    for command in (c for c in COMMANDS if c.expects_error):
+        argv = _prepared(command.argv, tmp_path, fast=False) or list(command.argv)
+        code = _exit_code(argv)
+        assert code == 2, f"{command}: `deepgen {shlex.join(argv)}` is documented to fail but exited {code}"
 
 
 def test_readme_links_every_docs_page():
