@@ -54,7 +54,8 @@ def pytest_terminal_summary(terminalreporter):
             unexpected[reason] += 1
     for label, _, how in EXPECTED_SKIPS:
         if counts[label]:
-            terminalreporter.write_line(f"SKIPPED {counts[label]} {label} tests ({how})")
+            plural = "s" if counts[label] != 1 else ""
+            terminalreporter.write_line(f"SKIPPED {counts[label]} {label} test{plural} ({how})")
     for reason, n in unexpected.items():
         terminalreporter.write_line(f"SKIPPED (unexpected) {n}: {reason}")
 

@@ -227,3 +227,20 @@ def test_readme_links_every_docs_page():
 
 def test_readme_stays_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 300, "README.md: put the depth in docs/"
+
+
+def test_readme_python_api_runs_on_deepgen_tiny():
+    # The README's Python block, pointed at the embedded model on the CPU. Its fast-path line is left out: it needs
+    # CUDA, and tests/test_fast_path.py and tests/test_inference_graphs.py cover it.
+    blocks = [m.group(2) for m in FENCE.finditer((REPO / "README.md").read_text()) if m.group(1) == "python"]
+    assert blocks, "README.md: no ```python block"
+    code = blocks[0]
+    for real, tiny in (('"deepgen-1.0"', "str(deepgen_tiny_dir())"), ('device="cuda"', 'device="cpu"'),
+                       ("torch.bfloat16", "torch.float32"), ("num_inference_steps=50", "num_inference_steps=4")):
+        assert real in code, f"README.md's Python block changed: update this test's substitution of {real}"
+        code = code.replace(real, tiny)
+    code = "\n".join(line for line in code.splitlines() if "enable_fast_path" not in line)
+    scope: dict = {}
+    exec(compile("from deepgen_core.presets import deepgen_tiny_dir\n" + code, "README.md", "exec"), scope)
+    assert scope["image"].size == scope["edited"].size == (128, 128)
+    assert hasattr(scope["pipe"], "enable_fast_path") and hasattr(scope["pipe"], "set_offload")
