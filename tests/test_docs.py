@@ -244,3 +244,15 @@ def test_readme_python_api_runs_on_deepgen_tiny():
     exec(compile("from deepgen_core.presets import deepgen_tiny_dir\n" + code, "README.md", "exec"), scope)
     assert scope["image"].size == scope["edited"].size == (128, 128)
     assert hasattr(scope["pipe"], "enable_fast_path") and hasattr(scope["pipe"], "set_offload")
+
+
+REPO_PATH = re.compile(r"`((?:benchmarks|deepgen_core|nodes|tests|train|workflows)/[\w./-]*\w)`")
+
+
+def test_paths_the_docs_name_exist():
+    # A moved script or recipe must take its mentions along: every repository path written in backticks in the
+    # README, docs/ and the results READMEs exists (placeholders such as `<run>` are not paths and are not matched).
+    pages = [*PAGES, *sorted((REPO / "benchmarks" / "results").glob("*/README.md"))]
+    missing = [f"{page.relative_to(REPO)}: {path}" for page in pages for path in REPO_PATH.findall(page.read_text())
+               if not (REPO / path).exists()]
+    assert not missing, missing
