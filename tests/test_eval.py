@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from deepgen_core.errors import DeepGenInputError
-from deepgen_core.eval import BENCHMARKS, EvalSettings, get_benchmark, load_model, run_eval, score_folder
+from deepgen_core.eval import BENCHMARKS, EvalSettings, Sample, get_benchmark, load_model, run_eval, score_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = EvalSettings(height=64, width=64, steps=2, batch_size=2)
@@ -68,6 +68,7 @@ def unigenbench_data(root: Path) -> Path:
 def wise_data(root: Path) -> Path:
     _json(root / "data" / "cultural_common_sense.json", [{"Prompt": "a lantern festival", "Explanation": "x", "prompt_id": 1}])
     _json(root / "data" / "natural_science.json", [{"Prompt": "a birch tree in autumn", "Category": "Biology", "prompt_id": 641}])
+    _json(root / "data" / "cultural_common_sense_rewrite.json", [{"Prompt": "lanterns", "prompt_id": 1}])  # legacy variant: skipped
     return root / "data"
 
 
@@ -238,6 +239,9 @@ def test_resume_skips_finished_samples_and_matches_an_uninterrupted_run(pipe, tm
     a, b = pixels(out), pixels(full)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert json.loads((out / "manifest.json").read_text())["complete"]
+    (out / "00003" / "samples" / "0002.png").unlink()  # a run killed while writing a sample's files
+    assert run_eval("geneval", data, out, pipe, TINY, progress=False).generated == ["00003"]
+    assert np.array_equal(pixels(out)["00003/samples/0002.png"], b["00003/samples/0002.png"])
 
 
 def _free_port() -> int:
@@ -287,12 +291,12 @@ def test_cvtg_scores_rendered_ground_truth_as_one_and_reports_tiny_numbers(pipe,
     ocr = OCRReward()
     from deepgen_core.eval.scoring import ocr_scores
 
-    scores = score_folder(bench, truth, samples, 1)
+    scores = score_folder(bench, truth, samples, 1, ocr=ocr, chunk=2)
     assert scores["word_accuracy"] == 1.0 and scores["ned"] == pytest.approx(1.0) and scores["images"] == 3
     wrong = ocr_scores([_render(["CLOSED"])], [["OPEN"]], ocr)
     assert wrong["word_accuracy"] == 0.0 and wrong["ned"] < 0.6
     run_eval("cvtg", data, tmp_path / "tiny", pipe, TINY, progress=False)
-    tiny = score_folder(bench, tmp_path / "tiny", samples, 1)
+    tiny = score_folder(bench, tmp_path / "tiny", samples, 1, ocr=ocr)
     assert 0.0 <= tiny["word_accuracy"] <= 1.0 and 0.0 <= tiny["ned"] <= 1.0 and tiny["missing"] == 0
 
 
@@ -317,7 +321,14 @@ def test_clip_score_is_the_weighted_clipped_cosine(tmp_path):
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)) for i in range(4)]
     prompts = ["a red cube", "a blue sphere", "two cats", "a sign"]
     cos = CLIPReward(tmp_path).similarities(images, prompts)
-    assert clip_score(images, prompts, tmp_path) == pytest.approx(float((2.5 * cos.clamp(min=0)).mean()), abs=1e-6)
+    expected = float((2.5 * cos.clamp(min=0)).mean())
+    assert clip_score(images, prompts, tmp_path) == pytest.approx(expected, abs=1e-6)
+    bench = get_benchmark("wise")
+    samples = [Sample(str(i), p) for i, p in enumerate(prompts)]
+    for sample, image in zip(samples, images):
+        image.save(tmp_path / f"{sample.key}.png")
+    scores = score_folder(bench, tmp_path, samples, 1, clip_path=tmp_path, chunk=3)
+    assert scores["clip_score"] == pytest.approx(expected, abs=1e-6) and scores["images"] == 4 and "word_accuracy" not in scores
 
 
 # --------------------------------------------------------------------------------------------------- bad input

@@ -50,28 +50,37 @@ def ned_similarity(read: str, targets: Sequence[str]) -> float:
 
 def ocr_scores(images: Sequence[Image.Image], targets: Sequence[Sequence[str]], ocr: OCRReward | None = None) -> dict:
     """{'word_accuracy', 'ned', 'images', 'failures'} over images with their target texts."""
-    ocr = ocr or OCRReward()
-    hits = total = failures = 0
-    neds = []
+    return _summary(_ocr_counts(images, targets, ocr or OCRReward()))
+
+
+def _ocr_counts(images, targets, ocr: OCRReward) -> list[tuple[int, int, float, bool]]:
+    """(word hits, target words, NED similarity, OCR failed) per image."""
+    counts = []
     for read, texts in zip(ocr.recognize_many(list(images)), targets, strict=True):
-        words = target_words(texts)
-        if isinstance(read, Exception):
-            failures += 1
+        failed = isinstance(read, Exception)
+        if failed:
             logger.warning("OCR failed on one image: %s", read)
             read = ""
-        hits += word_hits(read, words)
-        total += len(words)
-        neds.append(ned_similarity(read, texts))
-    return {"word_accuracy": hits / total if total else float("nan"), "ned": sum(neds) / len(neds) if neds else float("nan"),
-            "images": len(neds), "failures": failures}
+        words = target_words(texts)
+        counts.append((word_hits(read, words), len(words), ned_similarity(read, texts), failed))
+    return counts
+
+
+def _summary(counts: list[tuple[int, int, float, bool]]) -> dict:
+    hits, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return {"word_accuracy": hits / total if total else float("nan"), "ned": sum(c[2] for c in counts) / len(counts) if counts else float("nan"),
+            "images": len(counts), "failures": sum(c[3] for c in counts)}
 
 
 def clip_score(images: Sequence[Image.Image], prompts: Sequence[str], clip_path: str | Path, device: str = "cpu") -> float:
     """Mean CLIPScore, 2.5 * max(cos, 0), of each image with its prompt."""
     from ..rewards.clip import CLIPReward
 
-    cos = CLIPReward(clip_path, device=device).similarities(list(images), list(prompts))
-    return float((CLIP_SCORE_WEIGHT * cos.clamp(min=0)).mean()) if len(cos) else float("nan")
+    return _clip_score(CLIPReward(clip_path, device=device).similarities(list(images), list(prompts)).tolist())
+
+
+def _clip_score(cosines: Sequence[float]) -> float:
+    return sum(CLIP_SCORE_WEIGHT * max(c, 0.0) for c in cosines) / len(cosines) if cosines else float("nan")
 
 
 def _open(path: Path) -> Image.Image:
@@ -79,15 +88,32 @@ def _open(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def score_folder(bench: Benchmark, out: Path, samples: Sequence[Sample], images_per_prompt: int, *, ocr: bool = True,
-                 clip_path: str | Path | None = None, device: str = "cpu") -> dict:
-    """Score the written images of `samples` in `out`: OCR metrics for CVTG-2K, CLIPScore for any text-to-image
-    benchmark given a CLIP folder. Missing images are counted, not scored."""
+def score_folder(bench: Benchmark, out: Path, samples: Sequence[Sample], images_per_prompt: int, *, ocr: bool | OCRReward = True,
+                 clip_path: str | Path | None = None, device: str = "cpu", chunk: int = 64) -> dict:
+    """Score the written images of `samples` in `out`: OCR metrics for CVTG-2K (`ocr`: True or an `OCRReward` to
+    use), CLIPScore for any text-to-image benchmark given a CLIP folder. Images are read `chunk` at a time;
+    missing ones are counted, not scored."""
     pairs = [(s, out / name) for s in samples for name in bench.files(s, images_per_prompt) if name.endswith(".png")]
     present = [(s, p) for s, p in pairs if p.is_file()]
     scores: dict = {"benchmark": bench.name, "images": len(present), "missing": len(pairs) - len(present)}
-    if ocr and bench.name == "cvtg":
-        scores.update(ocr_scores([_open(p) for _, p in present], [s.meta["targets"] for s, _ in present]))
+    use_ocr = ocr is not False and bench.name == "cvtg"
+    reader = (ocr if isinstance(ocr, OCRReward) else OCRReward()) if use_ocr else None
+    clip = None
     if clip_path is not None and bench.task == "t2i":
-        scores["clip_score"] = clip_score([_open(p) for _, p in present], [s.prompt for s, _ in present], clip_path, device)
+        from ..rewards.clip import CLIPReward
+
+        clip = CLIPReward(clip_path, device=device)
+    counts, cosines = [], []
+    for start in range(0, len(present), chunk):
+        part = present[start : start + chunk]
+        images = [_open(p) for _, p in part]
+        if reader is not None:
+            counts += _ocr_counts(images, [s.meta["targets"] for s, _ in part], reader)
+        if clip is not None:
+            cosines += clip.similarities(images, [s.prompt for s, _ in part]).tolist()
+    if reader is not None:
+        scores.update(_summary(counts))
+        scores["images"] = len(present)
+    if clip is not None:
+        scores["clip_score"] = _clip_score(cosines)
     return scores

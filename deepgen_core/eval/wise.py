@@ -17,7 +17,8 @@ HINT = "Point --data at WISE's data folder or one of its JSON files (github.com/
 def read(data: Path, image_root: Path | None = None) -> list[Sample]:
     if not data.exists():
         raise bad_data(data, "no such file or folder", HINT)
-    paths = sorted(p for p in data.glob("*.json") if p.name != "merge.json") if data.is_dir() else [data]
+    # a folder: every category file, not the merged copy or the legacy release's rewritten prompts (same ids)
+    paths = sorted(p for p in data.glob("*.json") if p.name != "merge.json" and not p.stem.endswith("_rewrite")) if data.is_dir() else [data]
     samples = []
     for path in paths:
         rows = load_json(path, HINT)
