@@ -3,8 +3,8 @@
 - CVTG-2K word accuracy and NED from the offline OCR engine of the OCR reward (rapidocr, PP-OCR models). Word
   accuracy: the share of target words (lower-cased, spaces and surrounding punctuation removed) found in the text
   read from their image, each read occurrence used once. NED: 1 - edit distance / longer length between the read
-  text and the targets joined, averaged over images. The paper's numbers come from the benchmark's PP-OCR script,
-  so ours are comparable in kind, not bit for bit.
+  text and the targets joined, averaged over images. The paper's numbers come from the benchmark's own OCR
+  evaluation, so ours are comparable in kind, not digit for digit.
 - CLIPScore (Hessel et al.): 2.5 * max(cos, 0) of CLIP image and prompt features from a local CLIP folder
   (openai/clip-vit-large-patch14), averaged.
 """
