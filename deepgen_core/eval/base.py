@@ -4,6 +4,7 @@ its official scorer reads (written atomically, so an interrupted run never leave
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -87,16 +88,23 @@ def find_file(path: Path, names: Sequence[str], hint: str) -> Path:
     raise bad_data(path, "no such file or folder", hint)
 
 
+def read_text(path: Path, hint: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_data(path, f"not UTF-8 text (byte {exc.start})", hint) from exc
+
+
 def load_json(path: Path, hint: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, hint))
     except json.JSONDecodeError as exc:
         raise bad_data(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", hint) from exc
 
 
 def load_jsonl(path: Path, hint: str) -> list[dict]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, hint).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -110,8 +118,7 @@ def load_jsonl(path: Path, hint: str) -> list[dict]:
 
 
 def load_csv(path: Path, hint: str) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(read_text(path, hint), newline="")))
 
 
 def require(row: Any, fields: Sequence[str], where: str, path: Path, hint: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .base import Benchmark, Sample, bad_data, check_nonempty, quoted, save_png
+from .base import Benchmark, Sample, bad_data, check_nonempty, quoted, read_text, save_png
 
 HINT = "Point --data at DPG-Bench's prompts folder (dpg_bench/prompts in github.com/TencentQQGYLab/ELLA), one <id>.txt per prompt."
 
@@ -19,7 +19,7 @@ def read(data: Path, image_root: Path | None = None) -> list[Sample]:
         raise bad_data(data, "expected the folder of <id>.txt prompt files" if data.exists() else "no such folder", HINT)
     samples = []
     for path in sorted(data.glob("*.txt")):
-        text = path.read_text(encoding="utf-8").splitlines()
+        text = read_text(path, HINT).splitlines()
         if not text or not text[0].strip():
             raise bad_data(path, "the prompt file is empty", HINT)
         samples.append(Sample(path.stem, text[0].strip()))

@@ -33,6 +33,8 @@ def read_manifest(out: Path) -> dict | None:
 def check_out_dir(out: Path, benchmark: str, generation: dict[str, Any] | None) -> dict | None:
     """Raise when `out` holds another benchmark's results or (given `generation`) results made with other
     settings; return the old manifest (None for a new folder)."""
+    if out.exists() and not out.is_dir():
+        raise DeepGenInputError(f"--out {str(out)!r} is a file; pass a folder (it is created when missing).")
     old = read_manifest(out)
     if old is None:
         return None
