@@ -183,7 +183,7 @@ def test_each_benchmark_writes_its_scorers_layout(name, pipe, tmp_path):
     assert manifest["generation"]["steps"] == 2 and manifest["generation"]["seed"] == 42
     assert {"torch", "transformers", "diffusers", "accelerate"} <= set(manifest["versions"])
     assert manifest["paper"] == BENCHMARKS[name].paper
-    assert result.scorer_command
+    assert out.name in result.scorer_command  # the printed official scorer command names the written folder
 
 
 def test_written_metadata_and_sources_are_what_the_scorers_read(pipe, tmp_path):
@@ -199,7 +199,7 @@ def test_written_metadata_and_sources_are_what_the_scorers_read(pipe, tmp_path):
     assert source.size == (96, 64) and source.getpixel((0, 0)) == (255, 0, 0)  # the dataset's input_image as given
     # the DPG grid holds the 4 images of a prompt, row-major, as the scorer crops it
     data = dpg_data(tmp_path / "d")
-    run_eval("dpg", data, tmp_path / "dpg", pipe, TINY, progress=False)
+    assert run_eval("dpg", data, tmp_path / "dpg", pipe, TINY, progress=False).scorer_command.startswith(f"PIC_NUM=4 bash dpg_bench/dist_eval.sh {tmp_path / 'dpg'} 64")
     run_eval("dpg", data, tmp_path / "dpg1", pipe, EvalSettings(height=64, width=64, steps=2, batch_size=2, images_per_prompt=1), progress=False)
     grid, single = np.asarray(Image.open(tmp_path / "dpg" / "countbench3.png")), np.asarray(Image.open(tmp_path / "dpg1" / "countbench3.png"))
     assert np.array_equal(grid[:64, :64], single)  # image 0 (same seed) sits top left

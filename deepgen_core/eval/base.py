@@ -50,7 +50,7 @@ class Benchmark:
         write: `write(out_dir, sample, images)` with `images_per_prompt` PIL images.
         images_per_prompt, guidance_scale, batch_size: the reference eval script's settings (notes §4.1).
         data_hint: what `--data` points at and where the benchmark publishes it.
-        scorer: `scorer(out_dir, data_path) -> str`, the official scorer's command for a written folder.
+        scorer: `scorer(out_dir, data_path, settings) -> str`, the official scorer's command for a written folder.
         paper: DeepGen 1.0's published scores, {'RL': x, 'SFT': y} (or the metric names for CVTG-2K).
     """
 
@@ -61,7 +61,7 @@ class Benchmark:
     files: Callable[[Sample, int], list[str]]
     write: Callable[[Path, Sample, Sequence[Image.Image]], None]
     data_hint: str
-    scorer: Callable[[Path, Path], str]
+    scorer: Callable[[Path, Path, dict], str]
     paper: dict[str, float]
     images_per_prompt: int = 1
     guidance_scale: float = 4.0

@@ -54,7 +54,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, len(images)), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python evaluate.py --model {quoted(Path(out.name))} --output_path {quoted(out.parent)} --mllm Qwen2_5_VL_72B "
             '--gen_eval_file "C-MI, C-MA, C-MR, C-TR, R-LR, R-BR, R-HR, R-PR, R-GR, R-AR, R-CR, R-RR"')
 

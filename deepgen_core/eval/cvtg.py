@@ -61,7 +61,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, 1), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return f"deepgen eval cvtg --data {data} --out {out} --score --clip <local CLIP ViT-L/14 folder>"
 
 

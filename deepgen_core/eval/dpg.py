@@ -45,8 +45,8 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     save_png(grid(images), out / f"{sample.key}.png")
 
 
-def scorer(out: Path, data: Path) -> str:
-    return f"bash dpg_bench/dist_eval.sh {quoted(out)} <image side, e.g. 512>  # PIC_NUM=4 (default) for 2x2 grids"
+def scorer(out: Path, data: Path, cfg: dict) -> str:
+    return f"PIC_NUM={cfg['images_per_prompt']} bash dpg_bench/dist_eval.sh {quoted(out)} {cfg['height']}"
 
 
 BENCHMARK = Benchmark(

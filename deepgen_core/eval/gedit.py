@@ -79,7 +79,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     save_png(images[0], out / edited)  # last: marks the sample done
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python test_gedit_score.py --model_name {quoted(Path(out.name))} --save_path {quoted(out.parent)} --backbone gpt4o "
             f"&& python calculate_statistics.py --model_name {quoted(Path(out.name))} --save_path {quoted(out.parent)} --backbone gpt4o --language en")
 

@@ -32,7 +32,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     save_text(json.dumps(sample.meta["line"]) + "\n", out / sample.key / "metadata.jsonl")  # last: marks it done
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python evaluation/evaluate_images.py {quoted(out)} --outfile {quoted(out / 'results.jsonl')} --model-path <mask2former folder>"
             f" && python evaluation/summary_scores.py {quoted(out / 'results.jsonl')}")
 

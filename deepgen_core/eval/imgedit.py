@@ -37,7 +37,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, 1), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     root = data if data.is_dir() else data.parent
     return (f"python Benchmark/Basic/basic_bench.py --result_img_folder {quoted(out)} --edit_json {quoted(find_file(data, ['singleturn.json', 'basic_edit.json'], HINT))} "
             f"--origin_img_root {quoted(root)} --prompts_json Benchmark/Basic/prompts.json  # then step1_get_avgscore.py, step2_typescore.py")

@@ -37,7 +37,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, 1), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     path = find_file(data, NAMES, HINT)
     return f"python gpt_eval.py --data {quoted(path)} --input {quoted(path.parent)} --output {quoted(out)}"
 

@@ -193,7 +193,7 @@ def run_eval(
     if state.is_main_process:
         old = mf.read_manifest(out)
         mf.write_manifest(out, _manifest(bench, data, out, cfg, len(samples), model_paths, old))
-    result = EvalResult(bench.name, out, total=len(samples), manifest=out / mf.MANIFEST, scorer_command=bench.scorer(out, data))
+    result = EvalResult(bench.name, out, total=len(samples), manifest=out / mf.MANIFEST, scorer_command=bench.scorer(out, data, cfg))
     _generate_shard(pipe, bench, samples, out, cfg, state, result, progress and state.is_local_main_process, on_batch)
     state.wait_for_everyone()
     if state.is_main_process:

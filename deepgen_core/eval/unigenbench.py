@@ -39,9 +39,9 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, len(images)), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python eval/src/offline_model_en_eval.py --data_path {quoted(out)} --csv_file {quoted(data)} --category en "
-            "--api_url http://localhost:8080 --images_per_prompt 4  # with the UniGenBench-EvalModel vLLM server running")
+            f"--api_url http://localhost:8080 --images_per_prompt {cfg['images_per_prompt']}  # with the UniGenBench-EvalModel vLLM server running")
 
 
 BENCHMARK = Benchmark(

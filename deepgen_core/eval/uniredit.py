@@ -41,7 +41,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, 1), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     path = find_file(data, ["data.json"], HINT)
     return f"python -u eval/gpt_eval_uniredit.py --input {quoted(path.parent)} --data {quoted(path)} --output {quoted(out)} --nproc 6"
 

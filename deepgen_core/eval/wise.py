@@ -38,7 +38,7 @@ def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
     write_files(out, files(sample, len(images)), images)
 
 
-def scorer(out: Path, data: Path) -> str:
+def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python gpt_eval.py --json_path <data/CATEGORY.json> --image_dir {quoted(out)} --output_dir {quoted(out / 'Results')}/CATEGORY "
             "--api_key <key> --model gpt-4o-2024-05-13  # once per category, then Calculate.py (WISE_legacy)")
 
