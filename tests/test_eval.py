@@ -182,7 +182,7 @@ def test_each_benchmark_writes_its_scorers_layout(name, pipe, tmp_path):
     assert manifest["benchmark"] == name and manifest["complete"] and manifest["samples_done"] == result.total
     assert manifest["generation"]["steps"] == 2 and manifest["generation"]["seed"] == 42
     assert {"torch", "transformers", "diffusers", "accelerate"} <= set(manifest["versions"])
-    assert manifest["paper"] == BENCHMARKS[name].paper
+    assert manifest["paper"] == BENCHMARKS[name].paper and len(manifest["data_sha256"]) == 64
     assert out.name in result.scorer_command  # the printed official scorer command names the written folder
 
 

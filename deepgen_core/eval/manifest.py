@@ -87,6 +87,19 @@ def hash_files(paths: list[Path], cached: dict[str, dict] | None = None) -> dict
     return out
 
 
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".parquet", ".arrow"}
+
+
+def data_digest(data: Path) -> str:
+    """One SHA-256 over the benchmark's data files (the file itself, or the prompt/table files under a folder, by
+    relative name), so a manifest tells which release of the prompts was run."""
+    files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(data) if path != data else path.name}\0{sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:

@@ -137,14 +137,14 @@ def process_state(cpu: bool):
     return PartialState(cpu=cpu)
 
 
-def _manifest(bench: Benchmark, data: Path, out: Path, cfg: dict, samples: int, model_paths: Sequence[Path], old: dict | None) -> dict:
+def _manifest(bench: Benchmark, data: Path, out: Path, cfg: dict, samples: int, limit: int | None, model_paths: Sequence[Path], old: dict | None) -> dict:
     files = mf.model_files([Path(p) for p in model_paths])
     hashes = mf.hash_files(files, (old or {}).get("model", {}).get("files"))
     before = sorted(f["sha256"] for f in (old or {}).get("model", {}).get("files", {}).values())
     if old is not None and before and before != sorted(f["sha256"] for f in hashes.values()):
         raise DeepGenInputError(f"--out {str(out)!r} was written by another model (its {mf.MANIFEST} lists other file hashes); resume with that model or use a new --out folder.")
     return {
-        "benchmark": bench.name, "title": bench.title, "data": str(data), "samples": samples,
+        "benchmark": bench.name, "title": bench.title, "data": str(data.resolve()), "data_sha256": mf.data_digest(data), "samples": samples, "limit": limit,
         "generation": cfg, "model": {"paths": [str(p) for p in model_paths], "files": hashes},
         "versions": mf.library_versions(), "paper": bench.paper, "started": (old or {}).get("started", mf.now()), "complete": False,
     }
@@ -192,7 +192,7 @@ def run_eval(
     state = process_state(cpu=pipe.device.type == "cpu")
     if state.is_main_process:
         old = mf.read_manifest(out)
-        mf.write_manifest(out, _manifest(bench, data, out, cfg, len(samples), model_paths, old))
+        mf.write_manifest(out, _manifest(bench, data, out, cfg, len(samples), settings.limit, model_paths, old))
     result = EvalResult(bench.name, out, total=len(samples), manifest=out / mf.MANIFEST, scorer_command=bench.scorer(out, data, cfg))
     _generate_shard(pipe, bench, samples, out, cfg, state, result, progress and state.is_local_main_process, on_batch)
     state.wait_for_everyone()
