@@ -269,10 +269,10 @@ def test_two_processes_write_disjoint_shards_equal_to_one_process(pipe, tmp_path
 
 
 def _render(texts: list[str]) -> Image.Image:
-    image = Image.new("RGB", (640, 90 * len(texts) + 20), "white")
+    image = Image.new("RGB", (360, 60 * len(texts) + 20), "white")
     draw = ImageDraw.Draw(image)
     for row, text in enumerate(texts):
-        draw.text((20, 20 + 90 * row), text, fill="black", font=ImageFont.load_default(size=56))
+        draw.text((15, 15 + 60 * row), text, fill="black", font=ImageFont.load_default(size=40))
     return image
 
 
@@ -288,7 +288,7 @@ def test_cvtg_scores_rendered_ground_truth_as_one_and_reports_tiny_numbers(pipe,
         path = truth / bench.files(sample, 1)[0]
         path.parent.mkdir(parents=True, exist_ok=True)
         _render(sample.meta["targets"]).save(path)
-    ocr = OCRReward()
+    ocr = OCRReward(detection_side=320)
     from deepgen_core.eval.scoring import ocr_scores
 
     scores = score_folder(bench, truth, samples, 1, ocr=ocr, chunk=2)
