@@ -288,11 +288,12 @@ class DeepGenPipeline(FastPathMixin):
         """
         n = len(prompts)
         image_embeds = grid = None
+        template = self.encoder.config.prompt_template  # the model's (a diffusers download's prompt_template.json)
         if reference_pixels is None:
-            texts = [text_to_image_prompt(p) for p in prompts + negative_prompts]
+            texts = [text_to_image_prompt(p, template) for p in prompts + negative_prompts]
         else:
             refs = reference_pixels if isinstance(reference_pixels, ReferenceTokens) else self.encode_reference_tokens(reference_pixels)
-            texts = [edit_prompt(p, c) for p, c in zip(prompts, refs.counts)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, refs.counts)]
+            texts = [edit_prompt(p, c, template) for p, c in zip(prompts + negative_prompts, refs.counts * 2)]
             copies = 2 if negative_prompts else 1
             image_embeds, grid = torch.cat([refs.embeds] * copies), torch.cat([refs.grids] * copies)
         input_ids, attention_mask = self._tokenize(texts)
