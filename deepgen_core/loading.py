@@ -39,6 +39,9 @@ from .checkpoint import (
 )
 from .config import DeepGenConfig
 from .errors import CheckpointError
+from .formats.files import honour_umask
+from .formats.diffusers_layout import pipeline_class_name
+from .formats.vlm import load_vlm
 from .models.tiny_vae import TINY_LATENT_CHANNELS, DeepGenTinyVAE
 from .models.transformer import DeepGenSD3Transformer
 from .models.vlm import DeepGenEncoder
@@ -116,11 +119,11 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise CheckpointError(f"{what} left {len(meta)} tensors unloaded [{group_keys(meta)}].")
 
 
-def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenEncoder:
+def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str = "the DeepGen bridge weights") -> DeepGenEncoder:
     # Build the bridge on the meta device (no random init of 0.4 B parameters), then take the file's tensors.
     with torch.device("meta"):
         encoder = DeepGenEncoder(vlm, config, vlm.config._attn_implementation)
-    load_state_checked(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
+    load_state_checked(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, what)
     return cast(encoder, dtype)
 
 
@@ -153,7 +156,7 @@ def load_release(
     logger.info("checkpoint %s: %s", ckpt_path, parts.summary())
     attn = attn_implementation or default_attn_implementation()
     tokenizer = load_tokenizer(vlm_dir)
-    vlm_model = Qwen2_5_VLModel.from_pretrained(vlm_dir, dtype=dtype, attn_implementation=attn, local_files_only=True)
+    vlm_model = load_vlm(vlm_dir, dtype, attn)
     if parts.vlm:
         load_state_checked(vlm_model, parts.vlm, "the checkpoint's VLM weights", partial=True)
     merge_vlm_lora(vlm_model, parts.vlm_lora, alpha=lora_alpha)
@@ -174,6 +177,8 @@ def find_release_parts(folder: str | Path) -> tuple[Path, Path, Path]:
     UniPic2 folder (any names), e.g. `deepgen/model.pt`, `deepgen/Qwen2.5-VL-3B-Instruct/`,
     `deepgen/UniPic2-SD3.5M-Kontext/`. Raises `CheckpointError` naming what is missing."""
     folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        raise CheckpointError(f"{folder} is a diffusers folder of {pipeline_class_name(folder)}, not a DeepGen model (a DeepGen-1.0-diffusers folder has connector/ and vlm/ beside transformer/).")
     checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
     vlms = sorted(p for p in folder.iterdir() if (p / "config.json").is_file() and '"qwen2_5_vl"' in (p / "config.json").read_text())
     diffusions = sorted(p for p in folder.iterdir() if p.is_dir() and all((p / sub).is_dir() for sub in ("transformer", "vae", "scheduler")))
@@ -260,6 +265,7 @@ def atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata
     save_file({k: v.detach().cpu().clone() if _shares_storage(v, state) else v.detach().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    honour_umask(tmp)  # safetensors writes 0600: another user's ComfyUI could not read the file
     os.replace(tmp, path)
     return path
 

@@ -48,6 +48,16 @@ class InertGlobal:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    # Subclasses of dict and list are filled item by item (SETITEMS / APPENDS opcodes).
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("elements", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("elements", []).extend(values)
+
     def __call__(self, *args: Any, **kwargs: Any) -> InertGlobal:
         return type(self)(*args, **kwargs)
 
