@@ -40,7 +40,7 @@ from .checkpoint import (
 from .config import DeepGenConfig
 from .errors import CheckpointError
 from .formats.files import honour_umask
-from .formats.diffusers_layout import pipeline_class_name
+from .formats.detect import find_release_parts  # noqa: F401  (re-exported: the release folder finder)
 from .formats.vlm import load_vlm
 from .models.tiny_vae import TINY_LATENT_CHANNELS, DeepGenTinyVAE
 from .models.transformer import DeepGenSD3Transformer
@@ -172,29 +172,6 @@ def load_release(
     return DeepGenComponents(tokenizer, encoder.eval(), transformer.eval(), vae.eval(), scheduler)
 
 
-def find_release_parts(folder: str | Path) -> tuple[Path, Path, Path]:
-    """Locate a release layout gathered in one folder: the DeepGen checkpoint, the Qwen2.5-VL folder and the
-    UniPic2 folder (any names), e.g. `deepgen/model.pt`, `deepgen/Qwen2.5-VL-3B-Instruct/`,
-    `deepgen/UniPic2-SD3.5M-Kontext/`. Raises `CheckpointError` naming what is missing."""
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file():
-        raise CheckpointError(f"{folder} is a diffusers folder of {pipeline_class_name(folder)}, not a DeepGen model (a DeepGen-1.0-diffusers folder has connector/ and vlm/ beside transformer/).")
-    checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
-    vlms = sorted(p for p in folder.iterdir() if (p / "config.json").is_file() and '"qwen2_5_vl"' in (p / "config.json").read_text())
-    diffusions = sorted(p for p in folder.iterdir() if p.is_dir() and all((p / sub).is_dir() for sub in ("transformer", "vae", "scheduler")))
-    missing = [what for what, found in (
-        ("a DeepGen checkpoint (model.pt or *.safetensors)", checkpoints),
-        ("the Qwen2.5-VL-3B-Instruct folder (config.json with model_type qwen2_5_vl)", vlms),
-        ("the UniPic2-SD3.5M-Kontext folder (with transformer/, vae/, scheduler/)", diffusions),
-    ) if len(found) != 1]
-    if missing:
-        raise CheckpointError(
-            f"{folder} is not a DeepGen folder: it needs exactly one of each of: {'; '.join(missing)}. "
-            "Gather the release files there, or run `deepgen convert` and use the converted files."
-        )
-    return checkpoints[0], vlms[0], diffusions[0]
-
-
 def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenSD3Transformer:
     config = DeepGenSD3Transformer.load_config(folder, local_files_only=True)
     if weights and len(weights) >= 10:
@@ -279,8 +256,12 @@ def _component_file(path: Path, component: str) -> Path:
     if path.is_file():
         return path
     index = path / INDEX_FILE
-    name = json.loads(index.read_text())[component] if index.is_file() else {"encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}[component]
-    return path / name
+    if not index.is_file():
+        return path / {"encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}[component]
+    try:
+        return path / json.loads(index.read_text())[component]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is broken ({type(exc).__name__}: {exc}); run `deepgen convert` again, or delete it to use the default file names.") from None
 
 
 def _read_converted(path: Path, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
