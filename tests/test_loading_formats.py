@@ -218,14 +218,17 @@ def test_written_weights_honour_the_umask(tiny_pipe, tmp_path, umask):
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
 
 
-def test_tiny_model_round_trips_through_the_diffusers_layout(tiny_pipe, tmp_path):
-    """The tiny VAE, DeepGen-Tiny's config fields and its prompt template survive the authors' layout."""
-    from deepgen_core.formats.diffusers_layout import save_diffusers_layout
-
-    save_diffusers_layout(tiny_pipe.components(), tmp_path / "dl", None)
+def test_trained_export_converts_to_the_diffusers_layout_and_generates_the_same(tiny_pipe, tmp_path):
+    """An export (`deepgen train` writes the converted layout) through `deepgen convert --layout diffusers`: the
+    tiny VAE, the config fields the weights do not store and the prompt template survive; `generate` opens it."""
+    tiny_pipe.save_converted(tmp_path / "export", torch.float32)
+    assert main(["convert", "--model", str(tmp_path / "export"), "--out", str(tmp_path / "dl"), "--layout", "diffusers", "--dtype", "fp32"]) == 0
     pipe = DeepGenPipeline.from_pretrained(tmp_path / "dl", torch_dtype=torch.float32)
     assert pipe.encoder.config == tiny_pipe.encoder.config and type(pipe.vae) is type(tiny_pipe.vae)
     run = {"prompt": "a red circle", "num_inference_steps": 2, "height": 64, "width": 64, "output_type": "latent"}
     a = tiny_pipe(**run, generator=torch.Generator().manual_seed(0)).latents
     b = pipe(**run, generator=torch.Generator().manual_seed(0)).latents
     torch.testing.assert_close(a, b)
+    assert main(["generate", "--model", str(tmp_path / "dl"), "--prompt", "a red circle", "--steps", "1", "--height", "64",
+                 "--width", "64", "--device", "cpu", "--out", str(tmp_path / "out.png")]) == 0
+    assert (tmp_path / "out.png").is_file()
