@@ -249,7 +249,6 @@ def infer_config(encoder_sd: dict[str, torch.Tensor], vlm_num_hidden_layers: int
     hidden = think.shape[1]
     defaults = DeepGenConfig()
     declared_connector = declared.get("connector", {})
-    _check_undeclared(declared, (think.shape[0], hidden, proj_in.shape[0], fc1.shape[0], len(layers), proj_in.shape[1] // hidden), defaults)
     connector = ConnectorConfig(
         hidden_size=proj_in.shape[0],
         intermediate_size=fc1.shape[0],
@@ -277,6 +276,7 @@ def infer_config(encoder_sd: dict[str, torch.Tensor], vlm_num_hidden_layers: int
     diffs += [f"connector.{k}: config {v} vs weights {got['connector'][k]}" for k, v in declared_connector.items() if v != got["connector"][k]]
     if diffs:
         raise CheckpointError(f"the checkpoint does not fit the declared DeepGen config: {'; '.join(diffs)}.")
+    _check_undeclared(declared, (think.shape[0], hidden, proj_in.shape[0], fc1.shape[0], len(layers), proj_in.shape[1] // hidden), defaults)
     return inferred
 
 
