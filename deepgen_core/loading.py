@@ -4,6 +4,7 @@ Release layout (reference notes §7.1): a DeepGen checkpoint (`model.pt` / `.saf
 Qwen2.5-VL folder + the UniPic2-SD3.5M-Kontext folder (`transformer/`, `vae/`, `scheduler/`).
 Converted layout (`deepgen convert`): three self-describing safetensors files whose metadata carries every
 config and the tokenizer, so each file loads alone (ComfyUI puts them in `deepgen/`, `diffusion_models/`, `vae/`).
+The authors' DeepGen-1.0-diffusers folder and mmengine `.pth` stage checkpoints are read in `formats/`.
 Nothing here ever reaches a network: every `from_pretrained` is `local_files_only`.
 """
 

@@ -218,7 +218,7 @@ def save_diffusers_layout(components, out_dir: str | Path, dtype: torch.dtype | 
     written = {
         "transformer": save(components.transformer.state_dict(), "transformer/diffusion_pytorch_model.safetensors", _model_config(components.transformer, "SD3Transformer2DModel")),
         "vae": save(components.vae.state_dict(), "vae/diffusion_pytorch_model.safetensors", _model_config(components.vae, vae_class)),
-        "vlm": save(vlm_hub_state(encoder.vlm), "vlm/model.safetensors", vlm_config_dict(encoder.vlm)),
+        "vlm": save(vlm_hub_state(encoder.vlm), "vlm/model.safetensors", vlm_config_dict(encoder.vlm, dtype)),
         "connector": save(encoder_to_connector(encoder), CONNECTOR_FILE),
     }
     components.scheduler.save_config(out / "scheduler")

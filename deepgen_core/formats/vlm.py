@@ -65,7 +65,11 @@ def vlm_hub_state(vlm: Qwen2_5_VLModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def vlm_config_dict(vlm: Qwen2_5_VLModel) -> dict:
+def vlm_config_dict(vlm: Qwen2_5_VLModel, dtype: torch.dtype | None = None) -> dict:
+    """The VLM's config as the authors' `vlm/config.json` has it: the conditional-generation class, the saved dtype."""
     config = copy.deepcopy(vlm.config)
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    return config.to_dict()
+    data = config.to_dict()
+    if dtype is not None:
+        data["dtype"] = str(dtype).removeprefix("torch.")
+    return data
