@@ -168,6 +168,9 @@ def test_pth_without_weights_is_a_clear_error(tmp_path):
     torch.save({"meta": {"iter": 3}, "message_hub": MessageHub()}, tmp_path / "iter_3.pth")
     with pytest.raises(CheckpointError, match=r"iter_3.pth holds no model weights \(top-level entries: \['message_hub', 'meta'\]"):
         read_state_dict(tmp_path / "iter_3.pth")
+    torch.save({"module": {"meta_queries": torch.zeros(2, 2)}, "ds_version": "0.17.5", "optimizer": None}, tmp_path / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match="one file of a DeepSpeed checkpoint folder.*consolidate the folder first"):
+        read_state_dict(tmp_path / "mp_rank_00_model_states.pt")
     (tmp_path / "ckpt.zip").write_bytes(b"PK\x03\x04")
     with pytest.raises(CheckpointError, match="unzip it first"):
         read_state_dict(tmp_path / "ckpt.zip")

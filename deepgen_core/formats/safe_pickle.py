@@ -132,6 +132,13 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 def extract_weights(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
     """The flat tensor dict of a loaded torch file: the object itself, or its `state_dict` / `module` / `model`
     entry (mmengine and DeepSpeed wrappers, nested at most twice)."""
+    if isinstance(obj, dict) and "ds_version" in obj:
+        # DeepSpeed's model-states file: its `module` lacks every trainable tensor DeepSpeed kept in the optimizer
+        # partitions (the VLM LoRA, reference notes §5.5); loading it alone would silently drop the LoRA.
+        raise CheckpointError(
+            f"{path} is one file of a DeepSpeed checkpoint folder, whose VLM LoRA lives in the optimizer partitions: "
+            "consolidate the folder first (DeepSpeed's zero_to_fp32.py, or the reference's scripts/deepspeed2torch.py) and pass the result."
+        )
     node = obj
     for _ in range(3):
         if isinstance(node, dict) and node and all(isinstance(v, torch.Tensor) for v in node.values()):
