@@ -235,3 +235,22 @@ def test_trained_export_converts_to_the_diffusers_layout_and_generates_the_same(
     assert main(["generate", "--model", str(tmp_path / "dl"), "--prompt", "a red circle", "--steps", "1", "--height", "64",
                  "--width", "64", "--device", "cpu", "--out", str(tmp_path / "out.png")]) == 0
     assert (tmp_path / "out.png").is_file()
+
+
+def test_training_checkpoints_honour_the_umask(tmp_path):
+    from accelerate import Accelerator
+    from train_helpers import reset_accelerate
+
+    from deepgen_core.train.checkpointing import CheckpointManager
+
+    reset_accelerate()
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    old = os.umask(0o027)
+    try:
+        folder = CheckpointManager(tmp_path, Accelerator(cpu=True)).save(1, model, optimizer, scheduler, {}, extra={"ema": {"w": torch.zeros(2)}})
+    finally:
+        os.umask(old)
+    tensors = sorted(folder.glob("*.safetensors"))
+    assert len(tensors) >= 3 and {oct(p.stat().st_mode & 0o777) for p in tensors} == {oct(0o640)}
