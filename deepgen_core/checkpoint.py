@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .config import ConnectorConfig, DeepGenConfig
+from .config import ConnectorConfig, DeepGenConfig, template_from_reference
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -101,38 +101,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own SafetensorError for corrupt/truncated headers
-            raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({exc}); it may be truncated.") from exc
+            raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({exc}); it may be truncated: copy or download it again.") from None
     if suffix in PICKLE_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            # mmap needs the zip format; old-style files load without it.
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception as exc2:
-                raise CheckpointError(
-                    f"checkpoint {path} could not be read as a torch file with weights_only=True ({exc2}). It is "
-                    "truncated or contains Python objects besides tensors; convert it to .safetensors in a trusted "
-                    "environment."
-                ) from exc
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint {path} could not be read safely ({exc}); only plain tensor dicts are accepted."
-            ) from exc
-        return _unwrap(obj, path)
+        from .formats.safe_pickle import extract_weights, load_torch_file
+
+        return extract_weights(load_torch_file(path), path)
+    if suffix == ".zip":
+        raise CheckpointError(f"{path} is a zip archive: unzip it first (`unzip {path.name}`) and pass the .pt / .pth file inside.")
     raise CheckpointError(
         f"checkpoint {path} has an unsupported extension {suffix!r}; use .safetensors or a torch state dict "
         f"({', '.join(PICKLE_SUFFIXES)})."
     )
-
-
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    for wrapper in ("module", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} is not a flat dict of tensors.")
-    return obj
 
 
 # --------------------------------------------------------------------------------------------- key conversion
@@ -241,7 +220,12 @@ def declared_config_from_json(data: dict) -> dict:
         DeepGenConfig.from_dict(data)  # validates names and combinations
         return data
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    return {"num_think_tokens": data["num_queries"], "connector": {k: data["connector"][k] for k in keys if k in data.get("connector", {})}}
+    # The reference's SCB rule is hard-coded: every 6th hidden state (notes §1.3).
+    declared = {"num_think_tokens": data["num_queries"], "scb_layer_stride": 6,
+                "connector": {k: data["connector"][k] for k in keys if k in data.get("connector", {})}}
+    if isinstance(data.get("prompt_template"), dict):
+        declared["prompt_template"] = {**DeepGenConfig().to_dict()["prompt_template"], **template_from_reference(data["prompt_template"])[0]}
+    return declared
 
 
 def infer_config(encoder_sd: dict[str, torch.Tensor], vlm_num_hidden_layers: int, declared: DeepGenConfig | dict | None) -> DeepGenConfig:
@@ -285,13 +269,31 @@ def infer_config(encoder_sd: dict[str, torch.Tensor], vlm_num_hidden_layers: int
         max_text_length=declared.get("max_text_length", defaults.max_text_length),
         default_image_size=declared.get("default_image_size", defaults.default_image_size),
         edit_negative_prompt=declared.get("edit_negative_prompt", defaults.edit_negative_prompt),
+        prompt_template=declared.get("prompt_template", defaults.prompt_template),
     )
     got = inferred.to_dict()
     diffs = [f"{k}: config {v} vs weights {got[k]}" for k, v in declared.items() if k != "connector" and v != got[k]]
     diffs += [f"connector.{k}: config {v} vs weights {got['connector'][k]}" for k, v in declared_connector.items() if v != got["connector"][k]]
     if diffs:
         raise CheckpointError(f"the checkpoint does not fit the declared DeepGen config: {'; '.join(diffs)}.")
+    _check_undeclared(declared, (think.shape[0], hidden, proj_in.shape[0], fc1.shape[0], len(layers), proj_in.shape[1] // hidden), defaults)
     return inferred
+
+
+def _check_undeclared(declared: dict, shapes: tuple[int, ...], defaults: DeepGenConfig) -> None:
+    """The weights fix every size but not the connector's attention head count nor the SCB layer stride; both
+    change the image. Without a declared config only DeepGen 1.0's own shapes imply them (its released values)."""
+    missing = [name for name, found in (("connector.num_attention_heads", "num_attention_heads" in declared.get("connector", {})),
+                                        ("scb_layer_stride", "scb_layer_stride" in declared)) if not found]
+    released = (defaults.num_think_tokens, defaults.vlm_hidden_size, defaults.connector.hidden_size,
+                defaults.connector.intermediate_size, defaults.connector.num_hidden_layers, defaults.scb_num_layers)
+    if not missing or shapes == released:
+        return
+    raise CheckpointError(
+        f"the weights do not store {' and '.join(missing)}, and they are not DeepGen 1.0's shapes, so the released "
+        "values cannot be assumed: keep the deepgen_config.json that came with the checkpoint beside it, or pass it "
+        "(`--config` / `config=`)."
+    )
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -299,10 +301,14 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     try:
         return declared_config_from_json(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"DeepGen config {path} could not be read: {exc}.") from exc
+    except (OSError, json.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"DeepGen config {path} could not be read ({exc}); fix or replace the file.") from exc
 
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    """The header metadata of a `.safetensors` file; a clear `CheckpointError` for a broken or truncated one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own SafetensorError (no importable base class)
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): it is truncated or damaged; copy or download it again.") from None

@@ -12,8 +12,8 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, help="converted DeepGen folder/file, or a DeepGen checkpoint (model.pt / .safetensors)")
-    p.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (with a release checkpoint)")
+    p.add_argument("--model", required=required, help="converted DeepGen folder/file, a DeepGen-1.0-diffusers folder, or a DeepGen checkpoint (model.pt, iter_*.pth, .safetensors)")
+    p.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (with a release checkpoint; with a diffusers folder it replaces vlm/)")
     p.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/ (with a release checkpoint)")
     p.add_argument("--config", help="DeepGen config JSON (default: deepgen_config.json beside the checkpoint, else inferred)")
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(conv, required=True)
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    conv.add_argument("--layout", choices=["safetensors", "diffusers"], default="safetensors", help="safetensors: our three self-describing files; diffusers: the authors' DeepGen-1.0-diffusers folder (LoRA merged into vlm/), docs/loading.md")
 
     from .eval.cli import add_eval_parser
     from .rewards.service import add_reward_server_parser
@@ -142,7 +143,13 @@ def _convert(args: argparse.Namespace) -> int:
 
     dtype = getattr(torch, DTYPES[args.dtype])
     pipe = DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype)
-    for path in pipe.save_converted(args.out, dtype).values():
+    if args.layout == "diffusers":
+        from .formats.diffusers_layout import save_diffusers_layout
+
+        written = save_diffusers_layout(pipe.components(), args.out, dtype)
+    else:
+        written = pipe.save_converted(args.out, dtype)
+    for path in written.values():
         print(path)
     return 0
 

@@ -28,6 +28,57 @@ DEFAULT_EDIT_NEGATIVE_PROMPT = (
 
 
 @dataclass(frozen=True)
+class PromptTemplate:
+    """The text around every prompt (reference notes §2.1), the reference's `prompt_template` values by default.
+
+    Args:
+        instruction: wraps every prompt; holds `{input}` once (reference key `INSTRUCTION`).
+        generation: wraps a text-to-image prompt inside `instruction` (reference key `GENERATION`).
+        image_start, image_pad, image_end: one reference image is `image_start + image_pad * n + image_end`
+            (reference keys `IMG_START_TOKEN`, `IMG_CONTEXT_TOKEN`, `IMG_END_TOKEN`).
+    """
+
+    instruction: str = INSTRUCTION_TEMPLATE
+    generation: str = GENERATION_TEMPLATE
+    image_start: str = IMAGE_START_TOKEN
+    image_pad: str = IMAGE_PAD_TOKEN
+    image_end: str = IMAGE_END_TOKEN
+
+    def __post_init__(self) -> None:
+        for name in ("instruction", "generation"):
+            text = getattr(self, name)
+            try:
+                ok = isinstance(text, str) and text.count("{input}") == 1 and text.format(input="") is not None
+            except (KeyError, IndexError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"prompt template `{name}` must be a string holding `{{input}}` exactly once and no other braces, got {text!r}.")
+        for name in ("image_start", "image_pad", "image_end"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"prompt template `{name}` must be a non-empty token string, got {getattr(self, name)!r}.")
+
+
+# The reference's key names in `prompt_template` blocks and files -> our field names.
+REFERENCE_TEMPLATE_KEYS = {"INSTRUCTION": "instruction", "GENERATION": "generation", "IMG_START_TOKEN": "image_start",
+                           "IMG_CONTEXT_TOKEN": "image_pad", "IMG_END_TOKEN": "image_end"}
+
+
+def template_from_reference(block: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Our `PromptTemplate` fields from a reference-style block (`INSTRUCTION`, `GENERATION`, `IMG_*`; our own
+    field names are accepted too). Returns the fields found and the keys DeepGen's generation never reads (the
+    reference's `SYSTEM`, `SUFFIX`, `CFG`, ... are chat/training settings)."""
+    ours = {f.name for f in dataclasses.fields(PromptTemplate)}
+    fields, unused = {}, []
+    for key, value in block.items():
+        name = REFERENCE_TEMPLATE_KEYS.get(key, key if key in ours else None)
+        if name is None:
+            unused.append(key)
+        else:
+            fields[name] = value
+    return fields, unused
+
+
+@dataclass(frozen=True)
 class ConnectorConfig:
     """The SigLIP-style pre-LN encoder between `projector_1` and the two output heads (reference notes §1.4)."""
 
@@ -66,6 +117,8 @@ class DeepGenConfig:
             quality negative (`DEFAULT_EDIT_NEGATIVE_PROMPT`, notes §4.1). DeepGen-Tiny uses '': it is trained with
             edit-instruction dropout, so "the input image, no instruction" is its unconditional edit branch, while
             the long negative is text it never saw.
+        prompt_template: the text around prompts; the reference's by default (a DeepGen-1.0-diffusers download's
+            `prompt_template.json` replaces it, docs/loading.md).
     """
 
     num_think_tokens: int = 128
@@ -79,10 +132,13 @@ class DeepGenConfig:
     max_text_length: int = 1024
     default_image_size: int = 512
     edit_negative_prompt: str | None = None
+    prompt_template: PromptTemplate = field(default_factory=PromptTemplate)
 
     def __post_init__(self) -> None:
         if isinstance(self.connector, dict):
             object.__setattr__(self, "connector", ConnectorConfig(**self.connector))
+        if isinstance(self.prompt_template, dict):
+            object.__setattr__(self, "prompt_template", PromptTemplate(**self.prompt_template))
         if self.num_think_tokens < 0:
             raise ValueError(f"num_think_tokens must be >= 0, got {self.num_think_tokens}.")
         available = len(range(self.vlm_num_hidden_layers - 1, 0, -self.scb_layer_stride))

@@ -4,6 +4,7 @@ Release layout (reference notes §7.1): a DeepGen checkpoint (`model.pt` / `.saf
 Qwen2.5-VL folder + the UniPic2-SD3.5M-Kontext folder (`transformer/`, `vae/`, `scheduler/`).
 Converted layout (`deepgen convert`): three self-describing safetensors files whose metadata carries every
 config and the tokenizer, so each file loads alone (ComfyUI puts them in `deepgen/`, `diffusion_models/`, `vae/`).
+The authors' DeepGen-1.0-diffusers folder and mmengine `.pth` stage checkpoints are read in `formats/`.
 Nothing here ever reaches a network: every `from_pretrained` is `local_files_only`.
 """
 
@@ -39,6 +40,9 @@ from .checkpoint import (
 )
 from .config import DeepGenConfig
 from .errors import CheckpointError
+from .formats.files import honour_umask
+from .formats.detect import find_release_parts  # noqa: F401  (re-exported: the release folder finder)
+from .formats.vlm import load_vlm
 from .models.tiny_vae import TINY_LATENT_CHANNELS, DeepGenTinyVAE
 from .models.transformer import DeepGenSD3Transformer
 from .models.vlm import DeepGenEncoder
@@ -116,11 +120,11 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise CheckpointError(f"{what} left {len(meta)} tensors unloaded [{group_keys(meta)}].")
 
 
-def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenEncoder:
+def build_encoder(vlm: Qwen2_5_VLModel, config: DeepGenConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str = "the DeepGen bridge weights") -> DeepGenEncoder:
     # Build the bridge on the meta device (no random init of 0.4 B parameters), then take the file's tensors.
     with torch.device("meta"):
         encoder = DeepGenEncoder(vlm, config, vlm.config._attn_implementation)
-    load_state_checked(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, "the DeepGen bridge weights")
+    load_state_checked(encoder, {**{f"vlm.{k}": v for k, v in vlm.state_dict().items()}, **weights}, what)
     return cast(encoder, dtype)
 
 
@@ -153,7 +157,7 @@ def load_release(
     logger.info("checkpoint %s: %s", ckpt_path, parts.summary())
     attn = attn_implementation or default_attn_implementation()
     tokenizer = load_tokenizer(vlm_dir)
-    vlm_model = Qwen2_5_VLModel.from_pretrained(vlm_dir, dtype=dtype, attn_implementation=attn, local_files_only=True)
+    vlm_model = load_vlm(vlm_dir, dtype, attn)
     if parts.vlm:
         load_state_checked(vlm_model, parts.vlm, "the checkpoint's VLM weights", partial=True)
     merge_vlm_lora(vlm_model, parts.vlm_lora, alpha=lora_alpha)
@@ -167,27 +171,6 @@ def load_release(
         load_state_checked(vae, parts.vae, "the checkpoint's VAE weights")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(diff_dir / "scheduler", local_files_only=True)
     return DeepGenComponents(tokenizer, encoder.eval(), transformer.eval(), vae.eval(), scheduler)
-
-
-def find_release_parts(folder: str | Path) -> tuple[Path, Path, Path]:
-    """Locate a release layout gathered in one folder: the DeepGen checkpoint, the Qwen2.5-VL folder and the
-    UniPic2 folder (any names), e.g. `deepgen/model.pt`, `deepgen/Qwen2.5-VL-3B-Instruct/`,
-    `deepgen/UniPic2-SD3.5M-Kontext/`. Raises `CheckpointError` naming what is missing."""
-    folder = Path(folder)
-    checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
-    vlms = sorted(p for p in folder.iterdir() if (p / "config.json").is_file() and '"qwen2_5_vl"' in (p / "config.json").read_text())
-    diffusions = sorted(p for p in folder.iterdir() if p.is_dir() and all((p / sub).is_dir() for sub in ("transformer", "vae", "scheduler")))
-    missing = [what for what, found in (
-        ("a DeepGen checkpoint (model.pt or *.safetensors)", checkpoints),
-        ("the Qwen2.5-VL-3B-Instruct folder (config.json with model_type qwen2_5_vl)", vlms),
-        ("the UniPic2-SD3.5M-Kontext folder (with transformer/, vae/, scheduler/)", diffusions),
-    ) if len(found) != 1]
-    if missing:
-        raise CheckpointError(
-            f"{folder} is not a DeepGen folder: it needs exactly one of each of: {'; '.join(missing)}. "
-            "Gather the release files there, or run `deepgen convert` and use the converted files."
-        )
-    return checkpoints[0], vlms[0], diffusions[0]
 
 
 def _load_release_transformer(folder: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> DeepGenSD3Transformer:
@@ -260,6 +243,7 @@ def atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata
     save_file({k: v.detach().cpu().clone() if _shares_storage(v, state) else v.detach().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    honour_umask(tmp)  # safetensors writes 0600: another user's ComfyUI could not read the file
     os.replace(tmp, path)
     return path
 
@@ -273,8 +257,12 @@ def _component_file(path: Path, component: str) -> Path:
     if path.is_file():
         return path
     index = path / INDEX_FILE
-    name = json.loads(index.read_text())[component] if index.is_file() else {"encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}[component]
-    return path / name
+    if not index.is_file():
+        return path / {"encoder": ENCODER_FILE, "transformer": TRANSFORMER_FILE, "vae": VAE_FILE}[component]
+    try:
+        return path / json.loads(index.read_text())[component]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is broken ({type(exc).__name__}: {exc}); run `deepgen convert` again, or delete it to use the default file names.") from None
 
 
 def _read_converted(path: Path, component: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

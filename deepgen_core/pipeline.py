@@ -27,8 +27,10 @@ from .image_processing import (
     vit_patches,
 )
 from .latents import vae_scale_factor
+from .formats.diffusers_layout import is_diffusers_layout, load_diffusers_layout
 from .loading import (
     DeepGenComponents,
+    default_attn_implementation,
     find_release_parts,
     is_converted,
     load_converted,
@@ -128,7 +130,8 @@ class DeepGenPipeline(FastPathMixin):
         """Load from local files only.
 
         Args:
-            model: a folder or file written by `deepgen convert`; or a DeepGen checkpoint (`model.pt`,
+            model: a folder or file written by `deepgen convert`; a DeepGen-1.0-diffusers folder (the authors'
+                layout, `vlm` optionally replacing its `vlm/`); or a DeepGen checkpoint (`model.pt`, `iter_*.pth`,
                 `*.safetensors`, or a folder holding one) that needs `vlm` and `diffusion`; or one folder holding
                 the checkpoint and both base folders (found by `loading.find_release_parts`).
             vlm: the Qwen2.5-VL-3B-Instruct folder (release layout only).
@@ -145,6 +148,8 @@ class DeepGenPipeline(FastPathMixin):
             raise DeepGenInputError(f"model path {str(path)!r} does not exist; pass a converted DeepGen folder or a checkpoint.")
         if is_converted(path):
             components = load_converted(path, torch_dtype, attn_implementation)
+        elif is_diffusers_layout(path):
+            components = load_diffusers_layout(path, torch_dtype, attn_implementation or default_attn_implementation(), config, vlm)
         elif path.is_dir() and vlm is None and diffusion is None:
             checkpoint, vlm, diffusion = find_release_parts(path)
             components = load_release(checkpoint, vlm, diffusion, config, torch_dtype, attn_implementation, lora_alpha)
@@ -288,11 +293,12 @@ class DeepGenPipeline(FastPathMixin):
         """
         n = len(prompts)
         image_embeds = grid = None
+        template = self.encoder.config.prompt_template  # the model's (a diffusers download's prompt_template.json)
         if reference_pixels is None:
-            texts = [text_to_image_prompt(p) for p in prompts + negative_prompts]
+            texts = [text_to_image_prompt(p, template) for p in prompts + negative_prompts]
         else:
             refs = reference_pixels if isinstance(reference_pixels, ReferenceTokens) else self.encode_reference_tokens(reference_pixels)
-            texts = [edit_prompt(p, c) for p, c in zip(prompts, refs.counts)] + [edit_prompt(p, c) for p, c in zip(negative_prompts, refs.counts)]
+            texts = [edit_prompt(p, c, template) for p, c in zip(prompts + negative_prompts, refs.counts * 2)]
             copies = 2 if negative_prompts else 1
             image_embeds, grid = torch.cat([refs.embeds] * copies), torch.cat([refs.grids] * copies)
         input_ids, attention_mask = self._tokenize(texts)

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..deepgen_core.checkpoint import safetensors_metadata
 from ..deepgen_core.errors import CheckpointError, DeepGenInputError
+from ..deepgen_core.formats.detect import load_stage_checkpoint
+from ..deepgen_core.formats.diffusers_layout import is_diffusers_layout, load_diffusers_layout
 from ..deepgen_core.loading import (
     VAE_FILE,
     DeepGenComponents,
@@ -41,7 +44,7 @@ def register_folder() -> None:
 
 
 def _is_model_folder(path: Path) -> bool:
-    if is_converted(path):
+    if is_converted(path) or is_diffusers_layout(path):
         return True
     try:
         find_release_parts(path)
@@ -50,13 +53,23 @@ def _is_model_folder(path: Path) -> bool:
         return False
 
 
+def _folder_bases() -> list[str]:
+    """Where model folders are looked for: every `deepgen` path, then ComfyUI's `models/diffusers` (DeepGen
+    diffusers folders only; that key lists folders, not files)."""
+    diffusers = folder_paths.get_folder_paths("diffusers") if "diffusers" in folder_paths.folder_names_and_paths else []
+    return folder_paths.get_folder_paths(FOLDER) + diffusers
+
+
 def model_choices() -> list[str]:
-    """Converted encoder files and whole model folders (shown with a trailing `/`) under every `deepgen` path.
-    Files inside model folders or inside HF folders (those with a config.json) are not offered on their own."""
+    """Weight files and whole model folders (shown with a trailing `/`) under every `deepgen` path, and DeepGen
+    diffusers folders in `models/diffusers`. Files inside model folders or inside HF folders (those with a
+    config.json) are not offered on their own."""
     folders = []
-    for base in folder_paths.get_folder_paths(FOLDER):
+    for base in _folder_bases():
         if os.path.isdir(base):
-            folders += [entry.name for entry in os.scandir(base) if entry.is_dir() and _is_model_folder(Path(entry.path))]
+            in_deepgen = base in folder_paths.get_folder_paths(FOLDER)
+            folders += [entry.name for entry in os.scandir(base) if entry.is_dir() and
+                        (_is_model_folder(Path(entry.path)) if in_deepgen else is_diffusers_layout(entry.path))]
     files = [
         name for name in folder_paths.get_filename_list(FOLDER)
         if Path(name).parts[0] not in folders and not _inside_hf_folder(name)
@@ -74,7 +87,7 @@ def resolve_model(name: str) -> Path:
     if name == EMBEDDED:
         return DEEPGEN_TINY_DIR
     if name.endswith("/"):
-        for base in folder_paths.get_folder_paths(FOLDER):
+        for base in _folder_bases():
             candidate = Path(base) / name.rstrip("/")
             if candidate.is_dir():
                 return candidate
@@ -92,11 +105,20 @@ def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 
 def load_components(model_path: Path, transformer_name: str, dtype: torch.dtype, attention: str) -> DeepGenComponents:
-    """The model's parts on the CPU; `vae` is set only for release folders (converted VAEs load as native VAEs)."""
+    """The model's parts on the CPU; `vae` is set for every layout but the converted one (whose VAE file loads as
+    a native VAE)."""
     attn = default_attn_implementation() if attention == "auto" else attention
-    if model_path.is_dir() and not is_converted(model_path):
+    if is_diffusers_layout(model_path):
+        components = load_diffusers_layout(model_path, dtype, attn)
+    elif model_path.is_dir() and not is_converted(model_path):
         components = load_release(*find_release_parts(model_path), dtype=dtype, attn_implementation=attn)
+    elif not is_converted(model_path):  # a stage checkpoint over the base folders beside it, or not DeepGen at all
+        components = load_stage_checkpoint(model_path, dtype, attn)
     else:
+        component = None if model_path.is_dir() else safetensors_metadata(model_path).get("component")
+        if component in ("transformer", "vae"):
+            home = {"transformer": "models/diffusion_models (pick it in `transformer_name`)", "vae": "models/vae (pick it in `vae_name`)"}[component]
+            raise DeepGenInputError(f"{model_path.name} is the DeepGen {component} file of `deepgen convert`: it belongs in {home}; pick the encoder file (deepgen-encoder.safetensors) here.")
         if transformer_name == FROM_MODEL and not model_path.is_dir():
             raise DeepGenInputError(
                 f"{model_path.name} holds only the VLM + SCB part: pick the DiT file (deepgen convert writes "
@@ -134,7 +156,7 @@ class DeepGenLoader(io.ComfyNode):
             category="DeepGen/loaders",
             description="Loads DeepGen 1.0 (Qwen2.5-VL + SCB + SD3.5-M DiT) from local files into ComfyUI's memory manager. Nothing is downloaded.",
             inputs=[
-                io.Combo.Input("model_name", options=model_choices(), tooltip="models/deepgen: the VLM + SCB file from `deepgen convert` (deepgen-encoder.safetensors), a converted folder, or a folder holding the release model.pt with its Qwen2.5-VL-3B and UniPic2 folders (about 8 GB in bf16). 'DeepGen-Tiny (embedded)': the 19 MB demo model of the pack (128 px shapes, edits and words), listed when its weights are installed in deepgen_core/assets/deepgen-tiny."),
+                io.Combo.Input("model_name", options=model_choices(), tooltip="models/deepgen: a DeepGen-1.0-diffusers folder (also found in models/diffusers; about 15 GB in bf16), the VLM + SCB file from `deepgen convert` (deepgen-encoder.safetensors), a converted folder, or a stage checkpoint (model.pt, iter_*.pth) beside its Qwen2.5-VL-3B and UniPic2 folders. 'DeepGen-Tiny (embedded)': the 19 MB demo model of the pack (128 px shapes, edits and words), listed when its weights are installed in deepgen_core/assets/deepgen-tiny."),
                 io.Combo.Input("transformer_name", options=[FROM_MODEL] + folder_paths.get_filename_list("diffusion_models"), tooltip="models/diffusion_models: the DeepGen DiT (deepgen-transformer.safetensors, about 4.5 GB in bf16). '(from model)' uses the one in the model folder."),
                 io.Combo.Input("vae_name", options=[FROM_MODEL] + folder_paths.get_filename_list("vae"), tooltip="models/vae: the SD3 VAE (16 latent channels). '(from model)' uses the one in the model folder."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip="Weight and compute dtype. auto: bf16 where the GPU supports it, else fp32. fp16 may overflow (DeepGen was trained in bf16)."),

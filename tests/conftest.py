@@ -100,11 +100,13 @@ def _release_pipeline(fixture_dir: Path, checkpoint: Path):
     )
 
 
-@pytest.fixture(scope="session", params=["safetensors", "model_pt", "converted"])
+@pytest.fixture(scope="session", params=["safetensors", "model_pt", "mmengine_pth", "converted", "diffusers", "diffusers_convert"])
 def pipe(request, fixture_dir, tmp_path_factory):
-    """The fixture model loaded three ways: the checkpoint as given, a `torch.save`d `model.pt`, and the output
-    of `deepgen convert` (fp32, so the comparison stays exact)."""
+    """The fixture model loaded every way it is published (fp32, so the comparison stays exact): the checkpoint
+    as given, a `torch.save`d `model.pt`, an mmengine training checkpoint, the output of `deepgen convert`, the
+    authors' DeepGen-1.0-diffusers layout, and that layout as `deepgen convert --layout diffusers` writes it."""
     from deepgen_core.pipeline import DeepGenPipeline
+    from layouts import diffusers_standin, mmengine_checkpoint
 
     ckpt = fixture_dir / "deepgen_checkpoint.safetensors"
     if request.param == "safetensors":
@@ -113,11 +115,16 @@ def pipe(request, fixture_dir, tmp_path_factory):
     if request.param == "model_pt":
         torch.save(load_file(str(ckpt)), tmp / "model.pt")
         return _release_pipeline(fixture_dir, tmp / "model.pt")
+    if request.param == "mmengine_pth":
+        return _release_pipeline(fixture_dir, mmengine_checkpoint(load_file(str(ckpt)), tmp / "iter_400000.pth"))
+    if request.param == "diffusers":
+        return DeepGenPipeline.from_pretrained(diffusers_standin(fixture_dir, tmp / "DeepGen-1.0-diffusers"), torch_dtype=torch.float32)
     from deepgen_core.cli import main
 
     base = fixture_dir / "base"
+    layout = "diffusers" if request.param == "diffusers_convert" else "safetensors"
     rc = main(["convert", "--model", str(ckpt), "--vlm", str(base / "qwen2_5_vl"), "--diffusion", str(base / "sd35_kontext"),
-               "--config", str(fixture_dir / "deepgen_config.json"), "--out", str(tmp), "--dtype", "fp32"])
+               "--config", str(fixture_dir / "deepgen_config.json"), "--out", str(tmp), "--dtype", "fp32", "--layout", layout])
     assert rc == 0
     return DeepGenPipeline.from_pretrained(tmp, torch_dtype=torch.float32)
 

@@ -144,15 +144,20 @@ def test_wrong_extension(tmp_path, fixture_dir):
         _release(fixture_dir, bad)
 
 
-def test_pickle_with_code_is_refused(tmp_path, fixture_dir):
+def test_pickle_with_code_runs_nothing_and_is_refused(tmp_path, fixture_dir):
+    import os
+
+    marker = tmp_path / "pwned"
+
     class Evil:
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (os.mkdir, (str(marker),))
 
     path = tmp_path / "model.pt"
     torch.save({"meta_queries": Evil()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="model.pt holds no model weights"):
         _release(fixture_dir, path)
+    assert not marker.exists()
 
 
 def test_checkpoint_config_shape_mismatch(tmp_path, fixture_dir):
@@ -162,7 +167,7 @@ def test_checkpoint_config_shape_mismatch(tmp_path, fixture_dir):
     sd["transformer.proj_out.weight"] = torch.zeros(8, 8)
     save_file(sd, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match="DiT weights does not fit.*shape mismatch.*proj_out.weight"):
-        _release(fixture_dir, tmp_path / "bad.safetensors")
+        _release(fixture_dir, tmp_path / "bad.safetensors", config=fixture_dir / "deepgen_config.json")
 
 
 def test_declared_config_disagrees(tmp_path, fixture_dir):

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from ..formats.files import honour_umask
 from .accel import is_deepspeed
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class CheckpointManager:
         _save_rng(tmp, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            honour_umask(tmp)  # safetensors writes 0600 whatever the umask
             self._finalize(tmp, final, {**state, "step": step, "world_size": acc.num_processes})
             self._prune()
         acc.wait_for_everyone()

@@ -99,6 +99,8 @@ def export_reference_checkpoint(model: DeepGenTrainModel, path: str | Path, dtyp
         state.update({f"{ref_module}.{_LORA_SUFFIXES[k]}": v for k, v in pair.items()})
     state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous() for k, v in state.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # The head count and SCB stride are not in the weights: the loaders read them from this file beside the checkpoint.
+    (Path(path).parent / "deepgen_config.json").write_text(model.encoder.config.to_json())
     return atomic_save_safetensors(state, Path(path), {"format": "pt", "deepgen_reference_layout": "1"})
 
 

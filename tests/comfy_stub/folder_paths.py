@@ -11,6 +11,7 @@ models_dir = os.path.join(base_path, "models")
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {
     key: ([os.path.join(models_dir, key)], set(supported_pt_extensions)) for key in ("diffusion_models", "vae", "text_encoders")
 }
+folder_names_and_paths["diffusers"] = ([os.path.join(models_dir, "diffusers")], {"folder"})  # as ComfyUI: folders, not files
 _temp_directory = os.path.join(base_path, "temp")
 _output_directory = os.path.join(base_path, "output")
 
