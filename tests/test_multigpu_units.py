@@ -38,3 +38,21 @@ def test_one_process_and_other_errors_pass_unchanged():
     with pytest.raises(KeyError):
         with explain_rank_failure(0, 2, 3, lambda: Path("x")):
             raise KeyError("not a collective")
+
+
+def test_an_fsdp_launch_is_refused(monkeypatch, tmp_path):
+    """accelerate turns on FSDP only for GPU worlds (never MULTI_CPU), so the launch is simulated: an Accelerator
+    that reports FSDP is refused with the supported alternative."""
+    from accelerate.utils import DistributedType
+
+    from deepgen_core.train import accel
+
+    class FSDPAccelerator:
+        distributed_type = DistributedType.FSDP
+
+        def __init__(self, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(accel, "Accelerator", FSDPAccelerator)
+    with pytest.raises(DeepGenInputError, match="FSDP.*distributed.deepspeed_config: train/accelerate/zero2.json"):
+        accel.build_accelerator(DistributedConfig(cpu=True, mixed_precision="no"), 1, 1, 1.0, tmp_path)

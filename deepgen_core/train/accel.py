@@ -73,6 +73,10 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
         project_dir=str(project_dir),
         log_with=log_with,
     )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise DeepGenInputError("the launcher asked for FSDP (an accelerate config with fsdp_config), which the trainer does not support: its checkpoints, "
+                                "exports and rollouts need whole weights on every rank. Launch with train/accelerate/multi_gpu.yaml and shard the "
+                                "optimizer and gradients with distributed.deepspeed_config: train/accelerate/zero2.json (see docs/multi-gpu.md).")
     logger.info("accelerate: %s, %d process(es), backend %s, precision %s, collective timeout %g min", accelerator.distributed_type, accelerator.num_processes, backend,
                 config.mixed_precision, config.timeout_minutes)
     return accelerator
