@@ -37,6 +37,7 @@ from .loading import (
     load_release,
     save_converted,
 )
+from .parallel.cfg import parallel_velocity
 from .prompts import edit_prompt, text_to_image_prompt
 from .sampling import (
     check_sde_sampler,
@@ -375,6 +376,7 @@ class DeepGenPipeline(FastPathMixin):
         else:
             branches = [(e.prompt_embeds, e.pooled_prompt_embeds, 1)]
         velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
+        velocity_fn = parallel_velocity(self, velocity_fn)  # rows split over ranks when CFG parallelism is on
         modulations = [self.modulation_schedule(timesteps, pooled) for _, pooled, _ in branches]
         for i in range(num_inference_steps):
             outputs = []

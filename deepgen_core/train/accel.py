@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
     backend = config.process_group_backend or ("gloo" if on_cpu else "nccl")
     world = _launched_world_size()
     # A backend given to a single, unlaunched process makes accelerate expect a process group: only pass it when launched.
-    handlers = [InitProcessGroupKwargs(backend=backend)] if world > 1 else []
+    timeout = timedelta(minutes=config.timeout_minutes)
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timeout)] if world > 1 else []
     if not autocast_cache:
         handlers.append(AutocastKwargs(cache_enabled=False))
     plugin = None
@@ -71,7 +73,12 @@ def build_accelerator(config: DistributedConfig, micro_batch_size: int, grad_acc
         project_dir=str(project_dir),
         log_with=log_with,
     )
-    logger.info("accelerate: %s, %d process(es), backend %s, precision %s", accelerator.distributed_type, accelerator.num_processes, backend, config.mixed_precision)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise DeepGenInputError("the launcher asked for FSDP (an accelerate config with fsdp_config), which the trainer does not support: its checkpoints, "
+                                "exports and rollouts need whole weights on every rank. Launch with train/accelerate/multi_gpu.yaml and shard the "
+                                "optimizer and gradients with distributed.deepspeed_config: train/accelerate/zero2.json (see docs/multi-gpu.md).")
+    logger.info("accelerate: %s, %d process(es), backend %s, precision %s, collective timeout %g min", accelerator.distributed_type, accelerator.num_processes, backend,
+                config.mixed_precision, config.timeout_minutes)
     return accelerator
 
 

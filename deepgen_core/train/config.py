@@ -140,10 +140,13 @@ class DistributedConfig:
     mixed_precision: str = field(default="bf16", metadata={"help": "'bf16' or 'no' (fp32)"})
     process_group_backend: str | None = field(default=None, metadata={"help": "torch.distributed backend; default nccl on GPU, gloo on CPU"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    timeout_minutes: float = field(default=30.0, metadata={"help": "longest wait of a collective (all-reduce, gather) before it fails: how long the other ranks wait when one rank dies or hangs (gloo fails at once when a peer process dies)"})
 
     def __post_init__(self) -> None:
         if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
             self.mixed_precision = "no"
+        if not self.timeout_minutes > 0:
+            raise DeepGenInputError(f"distributed.timeout_minutes must be > 0, got {self.timeout_minutes!r} (default 30).")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .checkpointing import CheckpointManager
 from .config import TrainConfig
 from .data import MixedDataset, build_dataloader, unpack_images
 from .export import export_inference, export_reference_checkpoint, import_checkpoint
+from .failures import explain_rank_failure
 from .graphs import enable_training_graphs
 from .latent_cache import LatentCache
 from .metrics import MetricsLog, render_samples
@@ -149,7 +150,8 @@ class Trainer:
         while step < last:
             started = time.perf_counter()
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            values = self._optimizer_step(model, optimizer, batches)
+            with explain_rank_failure(self.rank, self.world, step, ckpt.latest):
+                values = self._optimizer_step(model, optimizer, batches)
             scheduler.step()
             step += 1
             if deadline is not None and step < last and self._out_of_time(deadline):

@@ -32,6 +32,7 @@ from ...rewards.service import HTTPReward
 from ..accel import build_accelerator, is_deepspeed, past_deadline
 from ..checkpointing import CheckpointManager
 from ..export import export_inference, import_checkpoint
+from ..failures import explain_rank_failure
 from ..metrics import MetricsLog
 from ..modeling import DeepGenTrainModel, build_components
 from ..optim import build_optimizer, build_scheduler
@@ -185,7 +186,8 @@ class RLTrainer:
         deadline = time.monotonic() + 60.0 * cfg.run.max_minutes if cfg.run.max_minutes else None
         last = cfg.run.max_steps
         while step < last:
-            values = self.train_step(step, model, ref, optimizer, scheduler, sft)
+            with explain_rank_failure(self.rank, self.world, step, ckpt.latest):
+                values = self.train_step(step, model, ref, optimizer, scheduler, sft)
             step += 1
             if deadline is not None and step < last and past_deadline(acc, deadline, time.monotonic()):
                 logger.warning("run.max_minutes (%g) reached at step %d of %d: saving and exporting; a re-run resumes from here", cfg.run.max_minutes, step, cfg.run.max_steps)
