@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +244,55 @@ def test_resume_skips_finished_samples_and_matches_an_uninterrupted_run(pipe, tm
     (out / "00003" / "samples" / "0002.png").unlink()  # a run killed while writing a sample's files
     assert run_eval("geneval", data, out, pipe, TINY, progress=False).generated == ["00003"]
     assert np.array_equal(pixels(out)["00003/samples/0002.png"], b["00003/samples/0002.png"])
+
+
+def _done_samples(out: Path) -> set[str]:
+    return {p.parent.name for p in out.glob("*/metadata.jsonl")}  # GenEval writes a sample's metadata.jsonl last
+
+
+def _kill_midway(cmd: list[str], env: dict, out: Path, total: int, timeout: float = 240.0) -> None:
+    """Start `cmd`, SIGKILL it once some but not all samples are on disk (bounded wait), and reap it."""
+    log = out.with_name(out.name + ".log")
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + timeout
+        try:
+            while len(_done_samples(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            state = (proc.poll(), len(_done_samples(out)))
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no handler runs, as when a node is lost or the OOM killer strikes
+            proc.wait(timeout=60)
+    assert state[0] is None and 2 <= state[1] < total, f"not killed midway (exit code, samples done) = {state}: {log.read_text()[-2000:]}"
+
+
+@pytest.mark.slow
+def test_a_killed_cli_run_resumes_without_regenerating_and_matches_an_uninterrupted_run(pipe, tmp_path):
+    total = 8
+    data = geneval_data(tmp_path / "data", n=total)
+    full = tmp_path / "full"
+    run_eval("geneval", data, full, pipe, EvalSettings(height=64, width=64, steps=2, batch_size=1), progress=False)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "deepgen_core.cli", "eval", "geneval", "--data", str(data), "--out", str(out), "--height", "64",
+           "--width", "64", "--steps", "2", "--batch-size", "1", "--no-progress"]
+    _kill_midway(cmd, env, out, total)
+    done = _done_samples(out)
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for key in done for p in (out / key).rglob("*")}
+    # what a kill during a write leaves (a process that wrote a temporary file and died before its rename)
+    unfinished = out / f"{len(done):05d}" / "samples"
+    unfinished.mkdir(parents=True, exist_ok=True)
+    (unfinished / ".0001.png.999999.tmp").write_bytes(b"\x89PNG half")
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # nothing generated twice: the rerun made only the missing samples and left the finished files untouched
+    assert f"generated {total - len(done)}, found {len(done)} done" in rerun.stdout
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in before} == before
+    assert not list(out.rglob("*.tmp"))  # no partial file survives
+    assert written(out) == written(full)
+    assert all((out / name).read_bytes() == (full / name).read_bytes() for name in written(full))  # byte for byte
+    assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
 def _free_port() -> int:

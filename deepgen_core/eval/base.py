@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,17 +156,28 @@ def image_opener(path: Path, data: Path, hint: str) -> Callable[[], Image.Image]
 # ------------------------------------------------------------------------------------------------ writing helpers
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename: `.NAME.PID.tmp` beside it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def temp_target(tmp: Path) -> Path | None:
+    """The file a `temp_path` temporary file was written for (None for any other name)."""
+    match = re.fullmatch(r"\.(.+)\.\d+\.tmp", tmp.name)
+    return tmp.with_name(match.group(1)) if match else None
+
+
 def save_png(image: Image.Image, path: Path) -> None:
     """Write `image` as PNG through a temporary file and a rename (a killed run never leaves a partial PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
 def save_text(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

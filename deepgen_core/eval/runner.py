@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import DeepGenInputError
 from . import manifest as mf
-from .base import Benchmark, Sample
+from .base import Benchmark, Sample, temp_target
 from .registry import get_benchmark
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,17 @@ def shard_batches(samples: Sequence[Sample], batch_size: int, rank: int, world: 
 
 def is_done(out: Path, bench: Benchmark, sample: Sample, n: int) -> bool:
     return all((out / name).is_file() for name in bench.files(sample, n))
+
+
+def remove_stale_temps(out: Path, targets: set[Path]) -> int:
+    """Delete the temporary files a killed run left for `targets` (every file is written as `.NAME.PID.tmp`, then
+    renamed), so a resumed folder holds exactly what an uninterrupted run writes. Returns how many were deleted."""
+    stale = [tmp for tmp in out.rglob(".*.tmp") if temp_target(tmp) in targets]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temporary file(s) an interrupted run left in %s", len(stale), out)
+    return len(stale)
 
 
 def squash(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -206,6 +217,9 @@ def _generate_shard(pipe, bench, samples, out, cfg, state, result, show, on_batc
 
     n = cfg["images_per_prompt"]
     batches = shard_batches(samples, cfg["batch_size"], state.process_index, state.num_processes)
+    # each process cleans only its own samples' files (and the first the manifest's), never another's live write
+    mine = {out / name for batch in batches for _, s in batch for name in bench.files(s, n)}
+    remove_stale_temps(out, mine | ({out / mf.MANIFEST} if state.is_main_process else set()))
     todo = [[(i, s) for i, s in batch if not is_done(out, bench, s, n)] for batch in batches]
     pending = sum(len(b) for b in todo)
     result.skipped = sum(len(b) for b in batches) - pending
