@@ -132,7 +132,7 @@ def test_ocr_reward_ui_data(pack):
 def test_web_extension_and_a_help_page_for_every_node(pack):
     web = REPO / pack.WEB_DIRECTORY
     script = (web / "js" / "deepgen_cards.js").read_text()
-    assert 'from "../../scripts/app.js"' in script and "app.registerExtension(" in script
+    assert 'from "../../../scripts/app.js"' in script and "app.registerExtension(" in script
     assert "deepgen_rollout" in script and "deepgen_ocr" in script  # the keys nodes/ui_data.py sends
     for node_id, node in _nodes(pack).items():
         page = web / "docs" / f"{node_id}.md"  # the frontend fetches /extensions/<pack>/docs/<NodeId>.md

@@ -1,8 +1,8 @@
 // DeepGen score cards: the RL rollout preview and the OCR reward as cards inside their nodes.
 // The nodes send structured data in their UI output (`deepgen_rollout`, `deepgen_ocr`; see nodes/ui_data.py);
 // this module only renders it. Plain ES module, no build step.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const NODES = { DeepGenRolloutPreview: "rollout", DeepGenOCRReward: "ocr" };
 const STYLE = `
