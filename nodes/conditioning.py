@@ -15,7 +15,7 @@ from .loading import DeepGenModelType
 from .model import activation_estimate
 
 # Marks a CONDITIONING entry as DeepGen's (VLM + SCB sequence, DiT pooled vector). Every DeepGen encoder sets it;
-# stock nodes that copy an entry's dict (ReferenceLatent, ConditioningZeroOut, ConditioningSetTimestepRange) keep it.
+# stock nodes that copy an entry's dict (ReferenceLatent, ConditioningZeroOut) keep it.
 DEEPGEN_MARKER = "deepgen"
 RESIZE_POLICIES = ["dynamic", "fix_pixels", "none"]
 MAX_REFERENCES = 4

@@ -186,6 +186,8 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const result = created?.apply(this, arguments);
       this.deepgenPanel = makePanel(this, kind);
+      // The cards replace the frontend's image preview (the rollout's captioned grid stays in the output for API clients).
+      this.onDrawBackground = function () {};
       this.addDOMWidget("deepgen_cards", "deepgen_cards", this.deepgenPanel.root, {
         serialize: false, hideOnZoom: false,
         getMinHeight: () => (this.deepgenPanel.state.data || this.deepgenPanel.content.childElementCount ? 380 : 60),
