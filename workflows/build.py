@@ -237,7 +237,7 @@ def templates() -> dict[str, list[Node]]:
     rollout = [
         loader,
         Node(2, "DeepGenRolloutPreview", {"prompts": ROLLOUT_PROMPTS, "group_size": 4, "seed": 0, "steps": SAMPLING["steps"], "width": SIZE, "height": SIZE,
-                                          "rewards": "ocr=1"}, {"model": (1, 0), "vae": (1, 1)}),
+                                          "rewards": "ocr=1, brightness=0.2"}, {"model": (1, 0), "vae": (1, 1)}),
         Node(3, "PreviewAny", {}, {"source": (2, 1)}, title="Rewards and advantages"),
     ]
     return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr,
@@ -283,7 +283,9 @@ LAYOUTS = {
         [("Model", "model", [1]), ("One MR-GRPO rollout group", "score", [2, 3])],
         f"### RL rollout preview\nSamples one rollout group (G images per prompt, same initial noise, SDE sampler) and scores "
         f"it with the trainer's own functions: a card per image with a bar per reward, the weighted total and the group "
-        f"advantage; a group with zero variance gives no learning signal. Click a card to enlarge it. {TINY}"),
+        f"advantage; a group with zero variance gives no learning signal. Click a card to enlarge it. DeepGen-Tiny writes "
+        f"its training words perfectly, so OCR alone gives every image the same score (zero variance); the small "
+        f"brightness reward shows how advantages rank a group. {TINY}"),
 }
 
 
