@@ -70,6 +70,8 @@ def page(server):
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         page.evaluate("() => window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
         page.wait_for_timeout(1500)
+        page.keyboard.press("Escape")  # a fresh user directory opens the template browser once
+        page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
         yield page
         browser.close()
 
@@ -140,8 +142,11 @@ def test_text_to_image_runs_in_the_web_ui(page, server, shots):
 
 def test_rollout_preview_cards_show_scores_sorted_by_advantage(page, server, shots):
     _load(page, server, "DeepGen RL Rollout Preview")
-    page.evaluate("""() => { window.__progress = []; window.app.api.addEventListener('progress', ({ detail }) => window.__progress.push([detail.value, detail.max])); }""")
+    page.evaluate("""() => { window.__progress = []; window.app.api.addEventListener('progress', ({ detail }) => window.__progress.push([detail.value, detail.max]));
+        window.__status = []; const status = document.querySelector('.deepgen-rollout .deepgen-status');
+        new MutationObserver(() => window.__status.push(status.textContent)).observe(status, { childList: true, characterData: true, subtree: true }); }""")
     _run(page)
+    assert any(text.startswith("sampling the group: step") for text in page.evaluate("window.__status"))  # live progress in the widget
     node_id = page.evaluate("() => window.app.graph.nodes.find(n => n.type === 'DeepGenRolloutPreview').id")
     progress = page.evaluate("window.__progress")
     assert progress[-1] == [26, 26] and len(progress) >= 20  # 25 steps of the whole group, then scoring
@@ -156,13 +161,13 @@ def test_rollout_preview_cards_show_scores_sorted_by_advantage(page, server, sho
     for index, advantage in shown:
         assert advantage == pytest.approx(by_index[index]["advantage"])
         text = cards.nth([i for i, _ in shown].index(index)).inner_text()
-        assert f"total {by_index[index]['total']:.3f}" in text and f"{by_index[index]['scores']['ocr']:.3f}" in text
+        assert f"total {by_index[index]['total']:.4f}" in text and f"{by_index[index]['scores']['ocr']:.3f}" in text
     flagged = panel.locator(".deepgen-group[data-zero-variance='true'] .deepgen-flag").count()
     assert flagged == int(data["groups"][0]["zero_variance"])
     page.screenshot(path=str(shots / "rollout-widget.png"))
     cards.first.click()
     overlay = page.locator(".deepgen-overlay")
-    assert "ocr (weight 1.0)" in overlay.inner_text() and "read" in overlay.inner_text()
+    assert "ocr (weight 1)" in overlay.inner_text() and "read" in overlay.inner_text()
     page.screenshot(path=str(shots / "rollout-card-enlarged.png"))
     overlay.click()
     page.locator(".deepgen-toolbar select").select_option("index")

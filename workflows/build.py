@@ -93,7 +93,7 @@ def to_api(nodes: list[Node], specs: dict) -> dict:
 SIZES = {
     "DeepGenLoader": (330, 190), "DeepGenVLMEncode": (380, 340), "DeepGenReferenceLatent": (300, 150), "DeepGenSampler": (300, 280),
     "DeepGenOCRReward": (420, 420), "DeepGenRolloutPreview": (640, 900), "EmptySD3LatentImage": (260, 110), "VAEDecode": (180, 50),
-    "SaveImage": (260, 300), "LoadImage": (260, 330), "PreviewAny": (340, 260), "MarkdownNote": (330, 220),
+    "SaveImage": (260, 300), "LoadImage": (260, 330), "PreviewAny": (340, 260), "MarkdownNote": (330, 170),
 }
 DEFAULT_SIZE = (320, 200)
 NOTE = 0  # the layout's node id for the template's Markdown note

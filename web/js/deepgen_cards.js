@@ -22,7 +22,7 @@ const STYLE = `
 .deepgen-card img { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated; border-radius: 3px; display: block; }
 .deepgen-card .deepgen-head { display: flex; justify-content: space-between; margin: 3px 0 2px; }
 .deepgen-adv { font-weight: 700; border-radius: 3px; padding: 0 4px; color: #fff; }
-.deepgen-bar-name { width: 62px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; opacity: .85; }
+.deepgen-bar-name { width: 74px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; opacity: .85; }
 .deepgen-bar { flex: 1; height: 7px; background: #333; border-radius: 3px; overflow: hidden; }
 .deepgen-bar > div { height: 100%; background: #4a9eff; }
 .deepgen-bar-value { width: 38px; text-align: right; font-variant-numeric: tabular-nums; }
@@ -85,7 +85,7 @@ function rolloutCard(item, data, scale) {
   card.append(el("img", { src: imageUrl(item.image), alt: `rollout image ${item.index}`, loading: "lazy" }),
     el("div", { className: "deepgen-head" }, el("span", { textContent: `#${item.index}` }), adv),
     ...data.rewards.map((name) => bar(data.rewards.length > 1 ? `${name}×${data.weights[name]}` : name, item.scores[name])),
-    el("div", { className: "deepgen-total", textContent: `total ${fmt(item.total)}` }));
+    el("div", { className: "deepgen-total", textContent: `total ${fmt(item.total, 4)}` }));
   if (item.details.ocr) card.append(el("div", { className: "deepgen-read", textContent: item.details.ocr }));
   card.addEventListener("click", () => showLarge(item.image, `#${item.index} · ${item.prompt}`, [
     ...data.rewards.map((name) => `${name} (weight ${data.weights[name]}): ${fmt(item.scores[name], 4)}\n  ${item.details[name] ?? ""}`),
