@@ -49,7 +49,9 @@ def test_out_of_range_values_are_refused_before_running(server, node, values, ex
 def test_torch_compile_backend_is_checked_and_the_rest_by_comfyui(server):
     root, connect = server
     graph = json.loads((REPO / "workflows" / "api" / "deepgen_text_to_image.json").read_text())
-    graph["90"] = {"class_type": "DeepGenTorchCompile", "inputs": {"model": ["1", 0], "backend": "nope", "dynamic": "yes"}}
+    graph["90"] = {"class_type": "DeepGenTorchCompile", "inputs": {"model": ["1", 0], "backend": "nope", "dynamic": True}}
+    sampler = next(n for n in graph.values() if n["class_type"] == "DeepGenSampler")
+    sampler["inputs"]["model"] = ["90", 0]  # ComfyUI validates only what feeds an output
     path = root / "compile-invalid.json"
     path.write_text(json.dumps(graph))
     code, result = _run(root, [path], *connect, "--expect", "invalid")
