@@ -121,6 +121,19 @@ class DeepGenRolloutPreview(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, rewards: str) -> bool | str:
+        """Refuse unknown or unrunnable rewards when the prompt is queued (named input only: ComfyUI keeps its own
+        range checks for the others)."""
+        if not isinstance(rewards, str):  # linked from another node: checked when it runs
+            return True
+        try:
+            if "clip_sim" in parse_weights(rewards):
+                clip_folder()
+        except DeepGenInputError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, model, vae, prompts: str, group_size: int, seed: int, sampler: str, eta: float, steps: int, cfg: float,
                 width: int, height: int, rewards: str) -> io.NodeOutput:
         weights = parse_weights(rewards)

@@ -108,7 +108,8 @@ def test_template_browser_lists_titled_templates_with_thumbnails(page, server, s
         thumbnail = urllib.request.urlopen(f"{server}/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.jpg")
         assert thumbnail.status == 200 and thumbnail.headers["Content-Type"] == "image/jpeg"
     page.get_by_role("button", name="Templates").first.click()  # the sidebar's Templates button opens the browser
-    page.get_by_text(PACK, exact=True).first.click()
+    # the category is the pack's folder name, shown as "DeepGen" through the pack's locales/en/main.json
+    page.locator(".p-dialog").get_by_text("DeepGen", exact=True).first.click()
     page.wait_for_timeout(2500)
     page.screenshot(path=str(shots / "template-browser.png"))
     for name in names:

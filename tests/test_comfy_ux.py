@@ -5,6 +5,7 @@ are the runnable ones, the score-card UI data, the web extension's files and the
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_validate_inputs_takes_named_inputs_only_so_comfyui_keeps_its_range_chec
         assert set(spec.args[1:]) <= inputs and spec.args[1:], (node_id, spec.args)
         assert "steps" not in spec.args and "cfg" not in spec.args
         checked += 1
-    assert checked >= 2  # the sampler and the compile node
+    assert checked >= 3  # the sampler, the compile node and the rollout preview
 
 
 def test_foreign_conditioning_is_named_and_zeroed_deepgen_conditioning_samples(pack, loaded):
@@ -92,6 +93,10 @@ def test_rollout_rewards_are_the_runnable_ones_and_clip_comes_from_clip_vision(p
         rl.parse_weights("unifiedreward_think=1")
     with pytest.raises(ValueError, match=r"clip_sim needs a transformers CLIP folder .* models/clip_vision"):
         _rollout(pack, model, vae, rewards="clip_sim=1")
+    # the same checks when the prompt is queued
+    assert rl.DeepGenRolloutPreview.validate_inputs(rewards="ocr=1, brightness=0.2") is True
+    assert "clip_sim needs a transformers CLIP folder" in rl.DeepGenRolloutPreview.validate_inputs(rewards="clip_sim=1")
+    assert "unknown reward 'sharpness'" in rl.DeepGenRolloutPreview.validate_inputs(rewards="sharpness=1")
     (tmp_path / "not-clip").mkdir()
     (tmp_path / "clip-vit-l").mkdir()
     (tmp_path / "clip-vit-l" / "config.json").write_text("{}")
@@ -134,6 +139,8 @@ def test_web_extension_and_a_help_page_for_every_node(pack):
     script = (web / "js" / "deepgen_cards.js").read_text()
     assert 'from "../../../scripts/app.js"' in script and "app.registerExtension(" in script
     assert "deepgen_rollout" in script and "deepgen_ocr" in script  # the keys nodes/ui_data.py sends
+    locale = json.loads((REPO / "locales" / "en" / "main.json").read_text())  # merged into the frontend's i18n by ComfyUI
+    assert locale["templateWorkflows"]["category"]["ComfyUI-DeepGen"] == "DeepGen"
     for node_id, node in _nodes(pack).items():
         page = web / "docs" / f"{node_id}.md"  # the frontend fetches /extensions/<pack>/docs/<NodeId>.md
         assert page.is_file(), f"no help page for {node_id}"

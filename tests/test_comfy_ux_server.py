@@ -38,6 +38,8 @@ def server(setup):
     ("DeepGenSampler", {"cfg": -5.0}, "value_smaller_than_min"),
     ("DeepGenSampler", {"sampler": "dpmpp_2m"}, "sampler 'dpmpp_2m' is not available"),
     ("DeepGenRolloutPreview", {"group_size": 1}, "value_smaller_than_min"),
+    ("DeepGenRolloutPreview", {"rewards": "unifiedreward_think=1"}, "needs a UnifiedReward VLM server"),
+    ("DeepGenRolloutPreview", {"rewards": "clip_sim=1"}, "clip_sim needs a transformers CLIP folder"),
 ])
 def test_out_of_range_values_are_refused_before_running(server, node, values, expected):
     root, connect = server
