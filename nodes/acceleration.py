@@ -30,7 +30,7 @@ class DeepGenTorchCompile(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, backend: str = "inductor", **_) -> bool | str:
+    def validate_inputs(cls, backend: str = "inductor") -> bool | str:  # named only: **kwargs turns ComfyUI's range checks off
         if backend not in BACKENDS:
             return f"backend {backend!r} is not available; choose one of {BACKENDS}."
         return True

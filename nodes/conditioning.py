@@ -14,6 +14,9 @@ from ._comfy import io, model_management, node_helpers
 from .loading import DeepGenModelType
 from .model import activation_estimate
 
+# Marks a CONDITIONING entry as DeepGen's (VLM + SCB sequence, DiT pooled vector). Every DeepGen encoder sets it;
+# stock nodes that copy an entry's dict (ReferenceLatent, ConditioningZeroOut) keep it.
+DEEPGEN_MARKER = "deepgen"
 RESIZE_POLICIES = ["dynamic", "fix_pixels", "none"]
 MAX_REFERENCES = 4
 RESIZE_TOOLTIP = "How references are resized before the VLM and the VAE see them. dynamic: longer side down to `reference_size` if larger; fix_pixels: area of reference_size² keeping the aspect; none: as is. Sides are rounded up to 32."
@@ -63,8 +66,8 @@ class DeepGenVLMEncode(io.ComfyNode):
         model_management.throw_exception_if_processing_interrupted()
         embeds = pipe.encode_prompt([prompt], [negative_prompt], pixels, num_think_tokens=model.num_think_tokens)
         out = model_management.intermediate_device()
-        positive = [[embeds.prompt_embeds.to(out), {"pooled_output": embeds.pooled_prompt_embeds.to(out)}]]
-        negative = [[embeds.negative_prompt_embeds.to(out), {"pooled_output": embeds.negative_pooled_prompt_embeds.to(out)}]]
+        positive = [[embeds.prompt_embeds.to(out), {"pooled_output": embeds.pooled_prompt_embeds.to(out), DEEPGEN_MARKER: True}]]
+        negative = [[embeds.negative_prompt_embeds.to(out), {"pooled_output": embeds.negative_pooled_prompt_embeds.to(out), DEEPGEN_MARKER: True}]]
         return io.NodeOutput(positive, negative)
 
 

@@ -7,10 +7,11 @@ from functools import lru_cache
 from ..deepgen_core.image_processing import channels_last_to_pil
 from ..deepgen_core.rewards.ocr import OCRReward, extract_target_text
 from ._comfy import io, model_management
+from .ui_data import ocr_payload, thumbnails
 
 
 @lru_cache(maxsize=1)
-def _engine() -> OCRReward:
+def ocr_engine() -> OCRReward:
     """One CPU OCR engine per process (ONNX models shipped in the rapidocr wheel; about 1 s to start). It holds
     no GPU memory, so keeping it alive costs ComfyUI's memory manager nothing."""
     return OCRReward()
@@ -39,7 +40,8 @@ class DeepGenOCRReward(io.ComfyNode):
         pils = channels_last_to_pil(images, name="images")
         target = extract_target_text(target_text) or target_text.strip() or None
         model_management.throw_exception_if_processing_interrupted()
-        result = _engine().score_texts(pils, [target] * len(pils))
+        result = ocr_engine().score_texts(pils, [target] * len(pils))
         scores = [-1.0 if s is None else float(s) for s in result.scores]
         lines = [f"image {i}: score {'n/a' if s is None else f'{s:.3f}'} | {d}" for i, (s, d) in enumerate(zip(result.scores, result.details))]
-        return io.NodeOutput(scores, f"target: {target!r}\n" + "\n".join(lines))
+        payload = ocr_payload(target, result.scores, result.details, thumbnails(images, cls))
+        return io.NodeOutput(scores, f"target: {target!r}\n" + "\n".join(lines), ui={"deepgen_ocr": [payload]})

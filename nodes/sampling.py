@@ -9,6 +9,7 @@ from ..deepgen_core.latents import initial_noise, to_model_space, to_vae_space
 from ..deepgen_core.pipeline import PromptEmbeddings
 from ..deepgen_core.sampling import SDE_SAMPLERS
 from ._comfy import comfy_utils, io, latent_formats, latent_preview, model_management
+from .conditioning import DEEPGEN_MARKER
 from .loading import DeepGenModelType
 from .model import activation_estimate, compile_errors
 
@@ -21,6 +22,12 @@ def unpack_conditioning(conditioning, name: str) -> tuple[torch.Tensor, torch.Te
         count = len(conditioning) if isinstance(conditioning, list) else "no"
         raise DeepGenInputError(f"{name} has {count} conditioning entries; DeepGen Sampler takes exactly one (connect DeepGen VLM Encode, not a combine node).")
     sequence, extras = conditioning[0]
+    if not extras.get(DEEPGEN_MARKER):
+        width = sequence.shape[-1] if isinstance(sequence, torch.Tensor) else "?"
+        raise DeepGenInputError(
+            f"{name} is not DeepGen conditioning (a {width}-wide sequence without the {DEEPGEN_MARKER!r} marker, e.g. from CLIPTextEncode "
+            f"over a CLIP/T5 model). Connect the {name} output of DeepGen VLM Encode (stock nodes that keep the entry's keys, such as "
+            f"ReferenceLatent or ConditioningZeroOut, may sit in between).")
     pooled = extras.get("pooled_output")
     if pooled is None:
         raise DeepGenInputError(f"{name} has no pooled_output: it did not come from DeepGen VLM Encode. Connect DeepGen VLM Encode's outputs.")
@@ -43,15 +50,21 @@ def reference_lists(references: list[torch.Tensor], batch: int) -> list[list[tor
     return [[r[i] for r in per_ref] for i in range(batch)]
 
 
-def _progress(steps: int, device: torch.device):
-    pbar = comfy_utils.ProgressBar(steps)
-    previewer = latent_preview.get_previewer(device, latent_formats.SD3())
+def step_progress(steps: int, device: torch.device | None = None, total: int | None = None):
+    """The per-step hook (`StepCallback`) that drives ComfyUI's progress bar (with a latent preview when `device`
+    is given and the hook receives 'denoised') and honours Cancel. `total` > `steps` leaves room for work after
+    the loop (the rollout preview's scoring)."""
+    total = total or steps
+    pbar = comfy_utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(device, latent_formats.SD3()) if device is not None else None
 
     def callback(pipe, step: int, timestep, tensors: dict[str, torch.Tensor]) -> None:
-        preview = previewer.decode_latent_to_preview_image("JPEG", tensors["denoised"]) if previewer else None
-        pbar.update_absolute(step + 1, steps, preview)
+        denoised = tensors.get("denoised")
+        preview = previewer.decode_latent_to_preview_image("JPEG", denoised) if previewer and denoised is not None else None
+        pbar.update_absolute(step + 1, total, preview)
         model_management.throw_exception_if_processing_interrupted()
 
+    callback.pbar = pbar
     return callback
 
 
@@ -79,7 +92,9 @@ class DeepGenSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler: str = "euler", **_) -> bool | str:
+    def validate_inputs(cls, sampler: str = "euler") -> bool | str:
+        # Named arguments only: ComfyUI skips its own type/min/max checks for every input a validate_inputs
+        # takes, and for all of them when it takes **kwargs.
         if sampler not in SAMPLERS:
             return f"sampler {sampler!r} is not available; choose one of {SAMPLERS}."
         return True
@@ -108,7 +123,7 @@ class DeepGenSampler(io.ComfyNode):
         refs = None if refs is None else [[r.to(device, dtype) for r in sample] for sample in refs]
         with compile_errors(model):
             latents = pipe.denoise(
-                noise.to(device, dtype), embeds, refs, steps, cfg, shift, _progress(steps, device), ("latents", "denoised"),
+                noise.to(device, dtype), embeds, refs, steps, cfg, shift, step_progress(steps, device), ("latents", "denoised"),
                 sampler=sampler, eta=eta, generator=generator,
             )
         return io.NodeOutput({"samples": to_vae_space(latents.float()).to(model_management.intermediate_device())})

@@ -108,7 +108,7 @@ def test_pack_in_real_comfyui(setup):
         cached = [data["nodes"] for event, data in messages if event == "execution_cached"]
         assert cached and set(cached[0]) >= {"1", "2", "3", "4", "5", "6"}
 
-        long_run = _workflow(root, "deepgen_text_to_image", DeepGenSampler={"steps": 5000, "seed": 1})
+        long_run = _workflow(root, "deepgen_text_to_image", DeepGenSampler={"steps": 1000, "seed": 1}, EmptySD3LatentImage={"width": 256, "height": 256, "batch_size": 4})
         code, result = _run(root, [long_run], *server, "--timeout", "10")
         assert code == 4 and next(iter(result["workflows"].values())).get("interrupted_after_timeout") is True
 

@@ -341,7 +341,7 @@ def test_bad_inputs_give_clear_errors(pack, loaded, comfy):
         sampler.execute(model=model, positive=positive, negative=negative, latent_image={"samples": torch.zeros(1, 16, 9, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
     with pytest.raises(ValueError, match="EmptySD3LatentImage"):
         sampler.execute(model=model, positive=positive, negative=negative, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
-    with pytest.raises(ValueError, match="pooled_output"):
+    with pytest.raises(ValueError, match="DeepGen VLM Encode"):
         sampler.execute(model=model, positive=[[positive[0][0], {}]], negative=negative, latent_image={"samples": torch.zeros(1, 16, 8, 8)}, seed=0, steps=2, cfg=4.0, shift=3.0)
     with pytest.raises(ValueError, match="empty batch"):
         pack.nodes.conditioning.DeepGenReferenceLatent.execute(conditioning=positive, image=torch.zeros(0, 64, 64, 3), vae=vae)
@@ -447,7 +447,7 @@ def test_rollout_preview_node_equals_the_trainer_functions(pack, loaded, model_f
     out = node.execute(model=model, vae=vae, prompts="a red circle\na blue square", group_size=3, seed=5, sampler="cps_sde", eta=1.0,
                        steps=2, cfg=1.0, width=32, height=32, rewards="brightness=1")
     images, report = out.args
-    assert images.shape == (6, 32, 32, 3) and len(out.ui.as_dict()["images"]) == 1
+    assert images.shape == (6, 32, 32, 3) and len(out.ui["images"]) == 1
     direct = rollout_preview(DeepGenPipeline.from_components(model_files), ["a red circle", "a blue square"], group_size=3, seed=5,
                              sampler="cps_sde", eta=1.0, steps=2, guidance_scale=1.0, height=32, width=32, rewards={"brightness": BrightnessReward()})
     parsed = [re.search(r"brightness ([\d.]+); total [\d.]+; advantage ([-+][\d.]+)", line).groups() for line in report.splitlines()]

@@ -1,4 +1,5 @@
-"""Writes the pack's workflow templates: UI format in `workflows/` (ComfyUI lists these) and API-format twins in
+"""Writes the pack's workflow templates: UI format in `example_workflows/` (ComfyUI's template browser lists these,
+under their titles, with the `.jpg` thumbnails `workflows/thumbnails.py` renders) and API-format twins in
 `workflows/api/` (for headless queues and the integration test). Run `python workflows/build.py` after changing
 a node's inputs; `tests/test_workflows.py` fails when the files are out of date.
 
@@ -88,32 +89,104 @@ def to_api(nodes: list[Node], specs: dict) -> dict:
     return api
 
 
-def to_ui(nodes: list[Node], specs: dict) -> dict:
-    links, ui_nodes = [], []
-    outgoing: dict[tuple[int, int], list[int]] = {}
+# Frontend sizes (w, h) that show every widget (multiline prompts get room); other types get DEFAULT_SIZE.
+SIZES = {
+    "DeepGenLoader": (330, 190), "DeepGenVLMEncode": (380, 340), "DeepGenReferenceLatent": (300, 150), "DeepGenSampler": (300, 280),
+    "DeepGenOCRReward": (420, 420), "DeepGenRolloutPreview": (640, 900), "EmptySD3LatentImage": (260, 110), "VAEDecode": (180, 50),
+    "SaveImage": (260, 300), "LoadImage": (260, 330), "PreviewAny": (340, 260), "MarkdownNote": (330, 170),
+}
+DEFAULT_SIZE = (320, 200)
+NOTE = 0  # the layout's node id for the template's Markdown note
+GAP, TITLE, PAD = 40, 46, 12  # between nodes, a group's title bar, a group's border
+COLOURS = {"model": "#3f789e", "prompt": "#8a6d3b", "sample": "#4b7a4b", "score": "#7a4b7a"}
+
+
+@dataclass
+class Layout:
+    """Where a template's nodes go: rows of columns of node ids (a column stacks its nodes), titled coloured groups
+    (title, colour key, node ids), and an optional Markdown note (a frontend-only node, absent from the API twin)."""
+
+    rows: list[list[list[int]]]
+    groups: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    note: str | None = None
+
+
+def _positions(layout: Layout, sizes: dict[int, tuple[int, int]]) -> dict[int, list[int]]:
+    positions, y = {}, TITLE + PAD
+    for row in layout.rows:
+        x, height = PAD, 0
+        for column in row:
+            top = y
+            for node_id in column:
+                positions[node_id] = [x, top]
+                top += sizes[node_id][1] + GAP + TITLE
+            x += max(sizes[n][0] for n in column) + GAP + 2 * PAD
+            height = max(height, top - y)
+        y += height + TITLE + PAD
+    return positions
+
+
+def _groups(layout: Layout, positions: dict, sizes: dict) -> list[dict]:
+    groups = []
+    for title, colour, members in layout.groups:
+        left = min(positions[n][0] for n in members) - PAD
+        top = min(positions[n][1] for n in members) - TITLE - PAD // 2 - 30  # above the node title bars
+        right = max(positions[n][0] + sizes[n][0] for n in members) + PAD
+        bottom = max(positions[n][1] + sizes[n][1] for n in members) + PAD
+        groups.append({"title": title, "bounding": [left, top, right - left, bottom - top], "color": COLOURS[colour], "font_size": 22, "flags": {}})
+    return groups
+
+
+def _links(nodes: list[Node], specs: dict) -> tuple[list[list], dict]:
+    """UI links [id, source, source slot, target, target slot, type]. The target slot indexes the node's socket
+    inputs (widgets excluded), in schema order, as the frontend numbers them."""
+    links, outgoing = [], {}
     for node in nodes:
+        sockets = [name for name, kind in specs[node.type][0] if kind not in WIDGET_TYPES]
         for name, (src, slot) in node.links.items():
             link_id = len(links) + 1
-            socket_type = dict(specs[node.type][0])[name]
-            links.append([link_id, src, slot, node.id, [n for n, _ in specs[node.type][0]].index(name), socket_type])
+            links.append([link_id, src, slot, node.id, sockets.index(name), dict(specs[node.type][0])[name]])
             outgoing.setdefault((src, slot), []).append(link_id)
+    return links, outgoing
+
+
+def to_ui(nodes: list[Node], specs: dict, layout: Layout | None = None) -> dict:
+    links, outgoing = _links(nodes, specs)
     by_input = {(link[3], link[4]): link[0] for link in links}
+    sizes = {n.id: SIZES.get(n.type, DEFAULT_SIZE) for n in nodes} | {NOTE: SIZES["MarkdownNote"]}
+    layout = layout or Layout([[[n.id] for n in nodes]])
+    positions = _positions(layout, sizes)
+    groups = _groups(layout, positions, sizes)
+    ui_nodes = []
     for order, node in enumerate(nodes):
         sockets, _, outputs = specs[node.type][:3]
-        inputs = []
-        for index, (name, kind) in enumerate(sockets):
-            if kind in WIDGET_TYPES:
-                continue
-            inputs.append({"name": name, "type": kind, "link": by_input.get((node.id, index))})
+        names = [(name, kind) for name, kind in sockets if kind not in WIDGET_TYPES]
         ui_nodes.append({
-            "id": node.id, "type": node.type, "pos": [40 + 340 * order, 80 + 60 * (order % 2)], "size": [315, 130], "flags": {}, "order": order,
-            "mode": 0, "inputs": inputs,
+            "id": node.id, "type": node.type, "pos": positions[node.id], "size": list(sizes[node.id]), "flags": {}, "order": order,
+            "mode": 0, "inputs": [{"name": name, "type": kind, "link": by_input.get((node.id, slot))} for slot, (name, kind) in enumerate(names)],
             "outputs": [{"name": n, "type": t, "links": outgoing.get((node.id, s), []), "slot_index": s} for s, (n, t) in enumerate(outputs)],
             "properties": {"Node name for S&R": node.type}, "widgets_values": _widget_values(specs[node.type], node),
             **({"title": node.title} if node.title else {}),
         })
-    return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    last_id = max(n.id for n in nodes)
+    if layout.note:  # the note sits where the layout puts node id NOTE
+        last_id += 1
+        ui_nodes.append({"id": last_id, "type": "MarkdownNote", "pos": positions[NOTE], "size": list(sizes[NOTE]), "flags": {}, "order": len(nodes),
+                         "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [layout.note], "title": "About this template",
+                         "color": "#432", "bgcolor": "#653"})
+    return {"last_node_id": last_id, "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": groups, "config": {}, "extra": {"ds": _fit(groups)}, "version": 0.4}
+
+
+def _fit(groups: list[dict], screen: tuple[int, int] = (1480, 800)) -> dict:
+    """The canvas view (LiteGraph `ds`: screen = (graph + offset) * scale) that shows every group on a 1600x900
+    window next to the sidebar."""
+    left = min(g["bounding"][0] for g in groups)
+    top = min(g["bounding"][1] for g in groups)
+    width = max(g["bounding"][0] + g["bounding"][2] for g in groups) - left
+    height = max(g["bounding"][1] + g["bounding"][3] for g in groups) - top
+    scale = round(min(1.0, screen[0] / width, screen[1] / height), 3)
+    return {"scale": scale, "offset": [round(30 / scale - left), round(50 / scale - top)]}
 
 
 def _text_to_image(first_id: int, prompt: str, batch_size: int = 1) -> list[Node]:
@@ -164,11 +237,61 @@ def templates() -> dict[str, list[Node]]:
     rollout = [
         loader,
         Node(2, "DeepGenRolloutPreview", {"prompts": ROLLOUT_PROMPTS, "group_size": 4, "seed": 0, "steps": SAMPLING["steps"], "width": SIZE, "height": SIZE,
-                                          "rewards": "ocr=1"}, {"model": (1, 0), "vae": (1, 1)}),
+                                          "rewards": "ocr=1, brightness=0.2"}, {"model": (1, 0), "vae": (1, 1)}),
         Node(3, "PreviewAny", {}, {"source": (2, 1)}, title="Rewards and advantages"),
     ]
     return {"deepgen_text_to_image": t2i, "deepgen_edit": edit, "deepgen_multi_reference_edit": multi, "deepgen_text_rendering_ocr": ocr,
             "deepgen_rl_rollout_preview": rollout}
+
+
+# The frontend shows a custom-node template's file name as its title and, with - and _ as spaces, as its
+# description (it reads no index for them): the UI files carry these names. API twins keep the short ids.
+TITLES = {
+    "deepgen_text_to_image": "DeepGen Text to Image",
+    "deepgen_edit": "DeepGen Image Edit",
+    "deepgen_multi_reference_edit": "DeepGen Multi-Reference Edit",
+    "deepgen_text_rendering_ocr": "DeepGen Text Rendering with OCR Score",
+    "deepgen_rl_rollout_preview": "DeepGen RL Rollout Preview",
+}
+TINY = ("Runs out of the box on the embedded **DeepGen-Tiny** (128 px shapes and words). For DeepGen 1.0 pick its files in "
+        "DeepGen Loader and raise the size to 512 or more.")
+LAYOUTS = {
+    "deepgen_text_to_image": Layout(
+        [[[1, NOTE], [2], [3], [4], [5, 6]]],
+        [("Model", "model", [1]), ("Prompt and size", "prompt", [2, 3]), ("Sample, decode, save", "sample", [4, 5, 6])],
+        f"### Text to image\nDeepGen VLM Encode turns the prompt into DiT conditioning; DeepGen Sampler denoises an SD3 latent; "
+        f"the native VAEDecode decodes it. {TINY}"),
+    "deepgen_edit": Layout(
+        [[[1], [2], [3], [4], [5, 10]], [[NOTE], [6], [7], [8], [9, 11]]],
+        [("Model", "model", [1]), ("1. Draw a source image", "prompt", [2, 3, 4, 5, 10]), ("2. Edit it", "sample", [6, 7, 8, 9, 11])],
+        f"### Image edit\nRow 1 draws the picture to edit, so the template needs no input file; to edit your own image, replace "
+        f"node 5's output with a Load Image. Row 2 encodes the instruction with the image (DeepGen VLM Encode), adds the image "
+        f"as a reference latent and samples at the reference's size. {TINY}"),
+    "deepgen_multi_reference_edit": Layout(
+        [[[1], [2], [3], [4]], [[NOTE], [5, 6], [7], [8, 9]]],
+        [("Model", "model", [1]), ("References and instruction", "prompt", [2, 3, 4]), ("Reference latents, sample, save", "sample", [5, 6, 7, 8, 9])],
+        "### Multi-reference edit\nTwo images (subject and style) go into DeepGen VLM Encode and, as reference latents, into "
+        "the sampler. Load your own images. This one is meant for **DeepGen 1.0**: DeepGen-Tiny was not trained on two references."),
+    "deepgen_text_rendering_ocr": Layout(
+        [[[1], [2], [3], [4], [5, 6]], [[NOTE], [7], [8]]],
+        [("Model", "model", [1]), ("Prompt (the quoted word is the target)", "prompt", [2, 3]), ("Sample, decode, save", "sample", [4, 5, 6]),
+         ("Score the text", "score", [7, 8])],
+        f"### Text rendering with OCR score\nDraws two images of a quoted word and scores them with the OCR reward that RL "
+        f"training uses: DeepGen OCR Reward shows a card per image with what it read. {TINY}"),
+    "deepgen_rl_rollout_preview": Layout(
+        [[[1, NOTE], [2], [3]]],
+        [("Model", "model", [1]), ("One MR-GRPO rollout group", "score", [2, 3])],
+        f"### RL rollout preview\nSamples one rollout group (G images per prompt, same initial noise, SDE sampler) and scores "
+        f"it with the trainer's own functions: a card per image with a bar per reward, the weighted total and the group "
+        f"advantage; a group with zero variance gives no learning signal. Click a card to enlarge it. DeepGen-Tiny writes "
+        f"its training words perfectly, so OCR alone gives every image the same score (zero variance); the small "
+        f"brightness reward shows how advantages rank a group. {TINY}"),
+}
+
+
+def ui_path(name: str) -> Path:
+    """Where the UI template `name` goes: `example_workflows/<title>.json` (ComfyUI's template folder)."""
+    return REPO / "example_workflows" / f"{TITLES.get(name, name)}.json"
 
 
 def render() -> dict[Path, str]:
@@ -176,7 +299,7 @@ def render() -> dict[Path, str]:
     specs = {**NATIVE, **_schemas()}
     files = {}
     for name, nodes in templates().items():
-        files[REPO / "workflows" / f"{name}.json"] = json.dumps(to_ui(nodes, specs), indent=1) + "\n"
+        files[ui_path(name)] = json.dumps(to_ui(nodes, specs, LAYOUTS.get(name)), indent=1) + "\n"
         files[REPO / "workflows" / "api" / f"{name}.json"] = json.dumps(to_api(nodes, specs), indent=1) + "\n"
     return files
 

@@ -9,7 +9,7 @@ supported_pt_extensions: set[str] = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".s
 base_path = tempfile.mkdtemp(prefix="comfy-stub-")
 models_dir = os.path.join(base_path, "models")
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {
-    key: ([os.path.join(models_dir, key)], set(supported_pt_extensions)) for key in ("diffusion_models", "vae", "text_encoders")
+    key: ([os.path.join(models_dir, key)], set(supported_pt_extensions)) for key in ("diffusion_models", "vae", "text_encoders", "clip_vision")
 }
 folder_names_and_paths["diffusers"] = ([os.path.join(models_dir, "diffusers")], {"folder"})  # as ComfyUI: folders, not files
 _temp_directory = os.path.join(base_path, "temp")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ...errors import DeepGenInputError
-from ...pipeline import DeepGenPipeline
+from ...pipeline import DeepGenPipeline, StepCallback
 from ...rewards.base import Reward
 from .rollout import RolloutSettings, rollout, score_rollout
 
@@ -43,6 +43,7 @@ def rollout_preview(
     weights: Mapping[str, float] | None = None,
     advantage_mode: str = "gdpo",
     advantage_clip: float = 5.0,
+    callback_on_step_end: StepCallback | None = None,
 ) -> RolloutPreview:
     """Roll out `group_size` images per prompt and score them like one trainer step does.
 
@@ -52,6 +53,7 @@ def rollout_preview(
             generator has this seed gives the same images, scores and advantages.
         rewards: name -> reward (see `deepgen_core.rewards.build_reward`).
         weights: name -> weight for every image (default 1.0 each).
+        callback_on_step_end: per-step hook of the whole group's sampling (see `rollout`).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not rewards:
@@ -64,7 +66,7 @@ def rollout_preview(
         raise DeepGenInputError(f"weights name rewards {unknown} that are not selected; selected: {sorted(rewards)}.")
     settings = RolloutSettings(sampler=sampler, eta=eta, num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width)
     generator = torch.Generator("cpu").manual_seed(seed)
-    ro = rollout(pipe, prompts, group_size, settings, generator)
+    ro = rollout(pipe, prompts, group_size, settings, generator, callback_on_step_end=callback_on_step_end)
     scored = score_rollout(ro, rewards, [weights] * len(ro.images), advantage_mode, advantage_clip)
     return RolloutPreview(
         images=ro.images, prompts=ro.prompts,

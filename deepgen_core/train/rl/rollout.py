@@ -16,7 +16,7 @@ from PIL import Image
 
 from ...errors import DeepGenInputError
 from ...image_processing import tensor_to_uint8
-from ...pipeline import DeepGenPipeline, PromptEmbeddings
+from ...pipeline import DeepGenPipeline, PromptEmbeddings, StepCallback
 from ...rewards.base import Reward, RewardOutput
 from ...rewards.weights import score_matrix, weight_matrix
 from ...sampling import check_sde_sampler, inference_schedule, sde_step
@@ -115,6 +115,7 @@ def rollout(
     settings: RolloutSettings,
     generator: torch.Generator | None,
     transformer: torch.nn.Module | None = None,
+    callback_on_step_end: StepCallback | None = None,
 ) -> Rollout:
     """Sample `group_size` images per prompt with the SDE sampler, recording every step.
 
@@ -123,6 +124,8 @@ def rollout(
         prompts: P distinct prompts; the result has N = P x G images, groups consecutive.
         generator: all randomness (initial noise first, then the step noises), drawn on its device.
         transformer: the policy DiT to roll out with (default: `pipe.transformer`).
+        callback_on_step_end: the pipeline's per-step hook, `fn(pipe, step, timestep, {"latents": ...})`, after
+            each step (progress and cancel in ComfyUI); its return value is ignored (the trajectory is recorded).
     """
     s = settings
     prompts = list(prompts)
@@ -143,6 +146,8 @@ def rollout(
         latents = out.prev_latents
         trajectory.append(latents)
         log_probs.append(out.log_prob)
+        if callback_on_step_end is not None:
+            callback_on_step_end(pipe, i, timesteps[i], {"latents": latents})
     images = decode_images(pipe, latents)
     return Rollout([p for p in prompts for _ in range(group_size)], torch.stack(trajectory), torch.stack(log_probs),
                    timesteps, sigmas, embeddings, images, group_size)
