@@ -215,16 +215,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code: 0, 1 (generation failed), 2 (bad input), 130 (interrupted)."""
-    from .errors import CheckpointError, GenerationError
+    from .errors import CheckpointError, GenerationError, TrainingError
 
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handler below, not at interpreter exit
+        return code
     except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)
         return 2
-    except GenerationError as exc:
+    except (GenerationError, TrainingError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

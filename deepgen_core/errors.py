@@ -18,3 +18,7 @@ class GenerationError(RuntimeError):
     def __init__(self, message: str, latents=None) -> None:
         super().__init__(message)
         self.latents = latents
+
+
+class TrainingError(RuntimeError):
+    """A training run cannot go on (e.g. no reward was scored for several steps); the message says what to check."""
