@@ -135,23 +135,18 @@ def _generate(args: argparse.Namespace) -> int:
 
 def check_generate_args(args: argparse.Namespace) -> tuple[int, Path]:
     """Validate `generate`'s numbers and output path before any model work; returns (seed, output path)."""
-    from .validation import LIMITS, check_number, check_sampling, check_size, resolve_seed
+    from .validation import LIMITS, check_number, check_sampling, check_size, named_as, resolve_seed
     from .user_files import check_output_file
 
     flags = {"num_inference_steps": "--steps", "guidance_scale": "--cfg", "shift": "--shift", "num_images_per_prompt": "--num-images",
              "seed": "--seed", "height": "--height", "width": "--width"}
-    try:
+    with named_as(flags):  # speak in the CLI's flags
         check_sampling(25 if args.steps is None else args.steps, args.cfg, args.shift)
         check_number("num_images_per_prompt", args.num_images)
         for side in ("height", "width"):  # every DeepGen model works in multiples of 16; the model's own maximum is checked once it is loaded
             if getattr(args, side) is not None:
                 check_size(side, getattr(args, side), 16, LIMITS[side].maximum)
         seed = resolve_seed(args.seed)
-    except DeepGenInputError as exc:  # speak in the CLI's flags
-        message = str(exc)
-        for name, flag in flags.items():
-            message = message.replace(f"{name} ", f"{flag} ", 1) if message.startswith(name) else message
-        raise DeepGenInputError(message) from None
     if seed != args.seed:
         logging.getLogger("deepgen").info("--seed -1: using the random seed %d", seed)
     return seed, check_output_file(args.out, "--out")

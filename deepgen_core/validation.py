@@ -7,6 +7,7 @@ live in `LIMITS` so that the pipeline, the CLI, the ComfyUI sampler and the docs
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import random
@@ -68,11 +69,9 @@ def check_number(name: str, value: object, limit: Limit | None = None, hint: str
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DeepGenInputError(f"{name} must be {span}, got {value!r} ({type(value).__name__}).{hint}")
     number = float(value)
-    if limit.integer and not isinstance(value, numbers.Integral):
-        if not number.is_integer():
-            nearest = _nearest(number, limit)
-            raise DeepGenInputError(f"{name} must be {span}, got {value!r}; the nearest valid value is {nearest}.{hint}")
-        value = int(number)
+    if limit.integer and not isinstance(value, numbers.Integral) and math.isfinite(number) and not number.is_integer():
+        nearest = _nearest(number, limit)
+        raise DeepGenInputError(f"{name} must be {span}, got {value!r}; the nearest valid value is {nearest}.{hint}")
     too_low = number <= limit.minimum if limit.low_open else number < limit.minimum
     if math.isnan(number) or too_low or number > limit.maximum:
         nearest = _nearest(number, limit)
@@ -80,7 +79,7 @@ def check_number(name: str, value: object, limit: Limit | None = None, hint: str
         if nearest is None or (limit.low_open and too_low):
             advice = f"; for example {limit.default}" if limit.default is not None else ""
         raise DeepGenInputError(f"{name} must be {span}, got {value!r}{advice}.{hint}")
-    return int(value) if limit.integer else value
+    return int(number) if limit.integer and not isinstance(value, numbers.Integral) else value
 
 
 def check_optional_number(name: str, value: object, limit: Limit | None = None, hint: str = "") -> float | int | None:
@@ -95,6 +94,27 @@ def check_sampling(num_inference_steps: object, guidance_scale: object, shift: o
     check_optional_number("eta", eta, hint="eta is the SDE samplers' noise level (1.0 in RL rollouts).")
 
 
+def check_sampler_node(seed: object, steps: object, cfg: object, shift: object, sampler: str, eta: object) -> None:
+    """The DeepGen Sampler node's widgets (ComfyUI enforces the widget ranges only in its own front end)."""
+    with named_as({"num_inference_steps": "steps", "guidance_scale": "cfg"}):
+        check_number("seed", seed)
+        check_sampling(steps, cfg, shift, None if sampler == "euler" else eta)
+
+
+@contextlib.contextmanager
+def named_as(names: dict[str, str]):
+    """Re-raise a `DeepGenInputError` about input `k` as one about `names[k]` (a host's name for it: a CLI flag,
+    a node widget)."""
+    try:
+        yield
+    except DeepGenInputError as exc:
+        message = str(exc)
+        name = next((n for n in names if message.startswith(n)), None)
+        if name is None:
+            raise
+        raise DeepGenInputError(names[name] + message[len(name):]) from None
+
+
 def check_size(name: str, value: object, unit: int, maximum: int) -> int:
     """An output side: an integer multiple of `unit` in [unit, maximum], with the nearest valid value on error."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
@@ -104,7 +124,7 @@ def check_size(name: str, value: object, unit: int, maximum: int) -> int:
     if not number.is_integer() or number <= 0 or int(number) % unit:
         raise DeepGenInputError(f"{name} must be a positive multiple of {unit}, got {value!r}; the nearest valid value is {nearest}.")
     if number > maximum:
-        raise DeepGenInputError(f"{name}={int(number)} exceeds the DiT position table ({maximum} px); use at most {maximum}.")
+        raise DeepGenInputError(f"{name}={value!r} exceeds the DiT position table ({maximum} px); use at most {maximum}.")
     return int(number)
 
 
@@ -146,6 +166,12 @@ def check_prompts(tokenizer, prompts: Sequence[str], name: str = "prompt", limit
             raise DeepGenInputError(
                 f"{where} has {n} tokens; DeepGen reads at most {limit} (its training budget, longer prompts give "
                 f"noise): shorten it by {n - limit} tokens (about {4 * (n - limit)} characters).")
+
+
+def check_prompt_pair(tokenizer, prompt: str, negative_prompt: str) -> None:
+    """`check_prompts` for one prompt and its negative (the ComfyUI encode node)."""
+    check_prompts(tokenizer, [prompt])
+    check_prompts(tokenizer, [negative_prompt], "negative_prompt")
 
 
 def check_think_tokens(value: object, trained: int) -> int | None:
