@@ -133,3 +133,12 @@ def test_sampler_node_numeric_inputs(pack, loaded, monkeypatch, name, value):
     monkeypatch.setattr(type(model), "pipeline", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the DiT was loaded")))
     with pytest.raises(ValueError, match=rf"^{name} must be"):  # the pack's own DeepGenInputError, named by the widget
         sampler.execute(model=model, positive=positive, negative=negative, latent_image=latent, **kwargs)
+
+
+def test_encode_node_refuses_long_prompts_and_control_tokens_before_the_vlm_loads(pack, loaded, monkeypatch):
+    model, _ = loaded
+    monkeypatch.setattr(type(model), "pipeline", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the VLM was loaded")))
+    with pytest.raises(ValueError, match="prompt has .* tokens; DeepGen reads at most 1024"):
+        _encode(pack, model, prompt="a red circle " * 2000)
+    with pytest.raises(ValueError, match="negative_prompt contains the model's control token"):
+        _encode(pack, model, negative="<|image_pad|>")
