@@ -61,9 +61,9 @@ def _default(spec: dataclasses.Field | None) -> Any:
 def _describe(hint: Any) -> str:
     if hint is type(None):
         return "null"
-    origin = typing.get_origin(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
+        return " or ".join(_describe(a) for a in args)
     if dataclasses.is_dataclass(hint):
         return "a section (a mapping of its fields)"
     if origin is tuple and Ellipsis not in args:
