@@ -447,6 +447,10 @@ class DeepGenPipeline(FastPathMixin):
             callback_on_step_end: `fn(pipe, step, timestep, tensors) -> dict | None`, called after each step with
                 the tensors named in `callback_on_step_end_tensor_inputs` (from 'latents', 'velocity',
                 'denoised'); may return {'latents': ...} to replace them, and may raise to cancel.
+
+        Raises:
+            DeepGenInputError: a bad argument, before any model work (valid ranges: `validation.LIMITS`, docs/inputs.md).
+            GenerationError: non-finite final latents or a failed VAE decode; `error.latents` holds the denoised latents.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         bad = [p for p in callback_on_step_end_tensor_inputs if p not in CALLBACK_TENSORS]
