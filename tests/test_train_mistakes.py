@@ -25,7 +25,7 @@ TINY_SFT = str(REPO / "train" / "recipes" / "tiny-sft.yaml")
 @pytest.mark.parametrize("override,message", [
     ("optim.lr=abc", "config field optim.lr must be a number, got 'abc'.*optim.lr=0.0001"),
     ("optim=5", "config field optim must be a section.*optim.lr=VALUE"),
-    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("optim.lr=-1", "optim.lr must be > 0, got -1"),
     ("optim.lr=.inf", "optim.lr must be a finite number"),
     ("max_steps=1e3", "max_steps must be an integer, got 1000.0"),
     ("micro_batch_size=0", "micro_batch_size must be >= 1.*nearest valid value is 1"),

@@ -18,7 +18,7 @@ from ..errors import DeepGenInputError
 INF = math.inf
 # (minimum, maximum, minimum excluded) of fields whose range is narrower than "finite; integers >= 0".
 RANGES: dict[str, tuple[float, float, bool]] = {
-    "optim.lr": (0, 1, True), "optim.eps": (0, 1, True), "optim.weight_decay": (0, INF, False), "optim.grad_clip": (0, INF, False),
+    "optim.lr": (0, INF, True), "optim.eps": (0, INF, True), "optim.weight_decay": (0, INF, False), "optim.grad_clip": (0, INF, False),
     "optim.warmup_start_factor": (0, 1, False), "optim.min_lr_ratio": (0, 1, False),
     "micro_batch_size": (1, INF, False), "grad_accum": (1, INF, False), "max_steps": (1, INF, False), "max_minutes": (0, INF, False),
     "lora.rank": (1, INF, False), "lora.alpha": (0, INF, True), "lora.dropout": (0, 1, False),
@@ -88,7 +88,7 @@ def _check(value: Any, hint: Any, path: str, spec: dataclasses.Field | None = No
     if not _fits(value, hint, path):
         _fail(path, hint, value, spec)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        _check_range(value, path)
+        _check_range(value, path, _default(spec))
 
 
 def _fits(value: Any, hint: Any, path: str) -> bool:  # noqa: PLR0911 (one branch per kind of annotation)
@@ -128,7 +128,7 @@ def _fits(value: Any, hint: Any, path: str) -> bool:  # noqa: PLR0911 (one branc
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _check_range(value: float, path: str) -> None:
+def _check_range(value: float, path: str, default: Any = dataclasses.MISSING) -> None:
     if not math.isfinite(value):
         raise DeepGenInputError(f"config field {path} must be a finite number, got {value!r}.")
     low, high, open_low = RANGES.get(path, RANGES.get(path.split(".", 1)[-1], (0 if isinstance(value, int) else -INF, INF, False)))
@@ -136,5 +136,7 @@ def _check_range(value: float, path: str) -> None:
         bound = f"> {low:g}" if open_low else f">= {low:g}"
         upper = f" and <= {high:g}" if high != INF else ""
         nearest = min(max(value, low), high)
-        advice = "" if open_low and value <= low else f"; the nearest valid value is {nearest:g}"
+        advice = f"; the nearest valid value is {nearest:g}"
+        if open_low and value <= low:
+            advice = f"; for example {path}={default!r} (the default)" if isinstance(default, (int, float)) else ""
         raise DeepGenInputError(f"config field {path} must be {bound}{upper}, got {value!r}{advice}.")
