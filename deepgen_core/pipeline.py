@@ -458,6 +458,11 @@ class DeepGenPipeline(FastPathMixin):
             raise DeepGenInputError(f"callback_on_step_end_tensor_inputs {bad} are not available; choose from {list(CALLBACK_TENSORS)}.")
         check_sampling(num_inference_steps, guidance_scale, shift)
         check_number("num_images_per_prompt", num_images_per_prompt)
+        if generator is not None and not isinstance(generator, (torch.Generator, list)):
+            raise DeepGenInputError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}; "
+                                    "for a seed pass generator=torch.Generator('cpu').manual_seed(seed).")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise DeepGenInputError("latents (the initial noise) contain NaN or infinite values; pass finite noise or latents=None.")
         reference_size = check_number("reference_size", reference_size, hint="The reference resizes to 512.")
         ref_pixels = self.prepare_reference_pixels(image, len(prompts), reference_resize, reference_size)
         if height is None and width is None and ref_pixels is not None and all(len(r) == 1 for r in ref_pixels) and len({r[0].shape for r in ref_pixels}) == 1:

@@ -57,6 +57,13 @@ def test_api_rejects_wrong_kinds(tiny_pipe, no_model_work, value):
         _api_call(tiny_pipe, num_inference_steps=value)
 
 
+def test_api_generator_and_initial_latents(tiny_pipe, no_model_work):
+    with pytest.raises(DeepGenInputError, match="generator must be a torch.Generator.*manual_seed"):
+        _api_call(tiny_pipe, generator=42)
+    with pytest.raises(DeepGenInputError, match="latents .* contain NaN"):
+        _api_call(tiny_pipe, latents=torch.full((1, 16, 8, 8), math.nan))
+
+
 def test_think_token_count_is_checked_before_the_vlm(tiny_pipe, no_model_work, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(type(tiny_pipe.encoder), "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("VLM ran")))

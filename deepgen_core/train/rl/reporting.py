@@ -51,7 +51,8 @@ def save_rollout_grid(scored: ScoredRollout, folder: Path, rank: int) -> Path:
     path = folder / f"rank{rank}.png"
     grid.save(path)
     record = {"prompt": ro.prompts[0], "images": [
-        {"index": i, "advantage": float(scored.advantages[i]), "total": float(scored.total[i]),
+        {"index": i, "advantage": float(scored.advantages[i]),
+         "total": float(scored.total[i]) if any(scored.outputs[n].scores[i] is not None for n in scored.reward_names) else None,
          "scores": {n: scored.outputs[n].scores[i] for n in scored.reward_names},
          "details": {n: scored.outputs[n].details[i] for n in scored.reward_names}} for i in range(g)]}
     (folder / f"rank{rank}.json").write_text(json.dumps(record, indent=1))
