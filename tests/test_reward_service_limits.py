@@ -63,6 +63,9 @@ def test_images_above_the_pixel_caps_get_413(server):
     body = _request([_png_header(13000, 13000)] * 12)  # ~2 MP of JSON claiming 2 gigapixels
     status, payload = _post(server, body, {"Content-Length": str(len(body))})
     assert status == 413 and "pixels" in payload["error"]
+    bomb = _request([_png_header(20000, 20000)])  # above PIL's own bomb limit: refused the same way
+    status, payload = _post(server, bomb, {"Content-Length": str(len(bomb))})
+    assert status == 413 and "decompression-bomb" in payload["error"]
     one = _request([_png_header(40, 40)])  # 1,600 pixels: over the per-image cap, under the request cap
     status, payload = _post(server, one, {"Content-Length": str(len(one))})
     assert status == 413 and "per image" in payload["error"]
