@@ -4,8 +4,8 @@ never arrive stop the run instead of training on no signal, and resumed runs kee
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from pathlib import Path
 
 import pytest
