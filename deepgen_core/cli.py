@@ -135,8 +135,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def check_generate_args(args: argparse.Namespace) -> tuple[int, Path]:
     """Validate `generate`'s numbers and output path before any model work; returns (seed, output path)."""
-    from .validation import LIMITS, check_number, check_sampling, check_size, named_as, resolve_seed
     from .user_files import check_output_file
+    from .validation import LIMITS, check_number, check_sampling, check_size, named_as, resolve_seed
 
     flags = {"num_inference_steps": "--steps", "guidance_scale": "--cfg", "shift": "--shift", "num_images_per_prompt": "--num-images",
              "seed": "--seed", "height": "--height", "width": "--width"}

@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import DeepGenConfig
+from .decoding import decode_in_slices, decode_slice_size
 from .errors import DeepGenInputError, GenerationError
 from .fast_path import FastPathMixin, uses_component
 from .image_processing import (
@@ -28,7 +29,6 @@ from .image_processing import (
     tensor_to_uint8,
     vit_patches,
 )
-from .decoding import decode_in_slices, decode_slice_size
 from .latents import vae_scale_factor
 from .loading import (
     DeepGenComponents,

@@ -15,7 +15,6 @@ from typing import Any
 
 from ...errors import DeepGenInputError
 from ...sampling import check_sde_sampler
-from ..config_checks import check_section
 from ..config import (
     DataConfig,
     DistributedConfig,
@@ -23,6 +22,7 @@ from ..config import (
     OptimConfig,
     read_recipe,
 )
+from ..config_checks import check_section
 from .advantages import ADVANTAGES
 
 
