@@ -34,7 +34,7 @@ def shrink(target: Path, settings: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--run", default="/tmp/deepgen-tiny")
     parser.add_argument("--until", default="package")

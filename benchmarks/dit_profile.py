@@ -67,7 +67,7 @@ def top_kernels(fn, n: int = 25) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="graphs,graphs_mod,compile_fused,compile_fused_mod,compile_static_fused_mod,compile_fp8_mod")
     parser.add_argument("--profile", default="compile_static_fused_mod")

@@ -201,7 +201,7 @@ class Latency:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", default="t2i_512_b1")
     parser.add_argument("--steps", type=int, default=50)

@@ -61,7 +61,7 @@ def timed(fn, runs: int) -> tuple[float, list[float], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=None)

@@ -27,7 +27,7 @@ from deepgen_core.train.rl.trainer import RLTrainer  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--out", default=None)

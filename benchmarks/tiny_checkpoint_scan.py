@@ -56,7 +56,7 @@ def scan_row(pipe, ocr: OCRReward, n_text: int, pairs: list[tuple[str, str]], se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed-model", required=True, help="the converted folder the runs started from")
     parser.add_argument("--run", action="append", required=True, help="a `deepgen train rl` output_dir")
     parser.add_argument("--every", type=int, default=10, help="scan checkpoints whose step is a multiple of this")

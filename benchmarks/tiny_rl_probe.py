@@ -30,7 +30,7 @@ PROMPTS = ('the word "EGG" in white letters on a blue background', '"MAP" writte
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="converted DeepGen folder (default: the embedded DeepGen-Tiny)")
     parser.add_argument("--prompt", action="append", help="prompt with a quoted word (repeatable; default: two hard ones)")
     parser.add_argument("--lr", type=float, default=1e-5)

@@ -49,7 +49,7 @@ def read_pair_training_prompts(pipe, ocr: OCRReward, pairs: list[tuple[str, str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="converted DeepGen-Tiny folder (default: the embedded one)")
     parser.add_argument("--n", type=int, default=256, help="held-out word prompts (0: skip part 1)")
     parser.add_argument("--pairs", default="black/green,green/black,yellow/blue", help="TEXT/BACKGROUND colour pairs of part 2 ('' skips it)")

@@ -32,7 +32,7 @@ def main() -> None:
     from deepgen_core.train.tiny_recipe import DEFAULT_RECIPES
     from deepgen_core.train.trainer import Trainer
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--run", default="/tmp/tiny-throughput")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batches", default="256,1024", help="stage-1 micro-batch sizes")

@@ -96,7 +96,7 @@ def count_flops(model: DeepGenTrainModel, data: SyntheticData, micro_batch: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=24, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=6, help="steps excluded from the statistics")
     parser.add_argument("--micro-batch", type=int, default=4)

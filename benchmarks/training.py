@@ -387,7 +387,7 @@ def _write(out: Path, results: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for training.json and training.md")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(STAGE2_VARIANTS)} (default: those without cudagraphs)")
     parser.add_argument("--runs", type=int, default=5, help="timed steps per variant (after 2 warm-up steps)")

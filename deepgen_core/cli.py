@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+from .errors import DeepGenInputError
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -29,11 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="deepgen.png", help="output PNG path (several images get _0, _1, ... suffixes)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 25 on the embedded DeepGen-Tiny)")
-    gen.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (<= 1 disables it)")
-    gen.add_argument("--shift", type=float, default=None, help="scheduler shift override (default: the model's, 3.0)")
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps, 1-1000 (default 50; 25 on the embedded DeepGen-Tiny)")
+    gen.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale, 0-100 (<= 1 disables it)")
+    gen.add_argument("--shift", type=float, default=None, help="scheduler shift override, 0.1-100 (default: the model's, 3.0)")
+    gen.add_argument("--seed", type=int, default=42, help="0 .. 2**64-1, or -1 for a random seed (printed so the image can be reproduced)")
+    gen.add_argument("--num-images", type=int, default=1, help="images per prompt, 1-256")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
     speed = gen.add_argument_group("speed and memory (GPU; see README 'Speed and memory')")
@@ -62,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_reward_server_parser(sub)
     add_tiny_world_parser(sub)
     add_eval_parser(sub)  # `eval`, in the eval package's own module
+    return no_abbreviations(parser)
+
+
+def no_abbreviations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Turn off argparse's prefix matching on `parser` and all its subcommands: `--token 123` must be an error,
+    not `--token-file 123`."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                no_abbreviations(sub)
     return parser
 
 
@@ -91,23 +105,25 @@ def _pipeline(args: argparse.Namespace, device: str, dtype):
 
 def _generate(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
 
+    from .errors import GenerationError
+    from .user_files import open_image
+
+    seed, out_path = check_generate_args(args)  # everything the user typed, before the model loads
+    images = [open_image(p, "--image") for p in args.image] or None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     pipe, tiny = _pipeline(args, device, dtype)
     _speed_switches(pipe, args, device)
-    steps = args.steps or (25 if tiny else 50)
-    images = [Image.open(p) for p in args.image] or None
-    with tqdm(total=steps, desc="denoising", unit="step") as bar:
+    steps = (25 if tiny else 50) if args.steps is None else args.steps
+    try:
         out = pipe(
             args.prompt, image=images, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
             num_inference_steps=steps, guidance_scale=args.cfg, shift=args.shift, num_images_per_prompt=args.num_images,
-            generator=torch.Generator("cpu").manual_seed(args.seed),
-            callback_on_step_end=lambda *_: bar.update(1) and None,
+            generator=torch.Generator("cpu").manual_seed(seed),
         )
-    out_path = Path(args.out)
+    except GenerationError as exc:
+        raise GenerationError(f"{exc} {keep_latents(exc.latents, out_path)}", exc.latents) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_path] if len(out.images) == 1 else [out_path.with_name(f"{out_path.stem}_{i}{out_path.suffix}") for i in range(len(out.images))]
     for img, path in zip(out.images, paths):
@@ -118,6 +134,40 @@ def _generate(args: argparse.Namespace) -> int:
 
         save_compile_cache(args.compile_cache)
     return 0
+
+
+def check_generate_args(args: argparse.Namespace) -> tuple[int, Path]:
+    """Validate `generate`'s numbers and output path before any model work; returns (seed, output path)."""
+    from .user_files import check_output_file
+    from .validation import LIMITS, check_number, check_sampling, check_size, named_as, resolve_seed
+
+    flags = {"num_inference_steps": "--steps", "guidance_scale": "--cfg", "shift": "--shift", "num_images_per_prompt": "--num-images",
+             "seed": "--seed", "height": "--height", "width": "--width"}
+    with named_as(flags):  # speak in the CLI's flags
+        check_sampling(25 if args.steps is None else args.steps, args.cfg, args.shift)
+        check_number("num_images_per_prompt", args.num_images)
+        for side in ("height", "width"):  # every DeepGen model works in multiples of 16; the model's own maximum is checked once it is loaded
+            if getattr(args, side) is not None:
+                check_size(side, getattr(args, side), 16, LIMITS[side].maximum)
+        seed = resolve_seed(args.seed)
+    if seed != args.seed:
+        logging.getLogger("deepgen").info("--seed -1: using the random seed %d", seed)
+    return seed, check_output_file(args.out, "--out")
+
+
+def keep_latents(latents, out_path: Path) -> str:
+    """Save the denoised latents beside the requested output when the image could not be made; says where."""
+    if latents is None:
+        return ""
+    from safetensors.torch import save_file
+
+    from .user_files import check_output_folder
+
+    path = out_path.with_name(out_path.stem + ".latents.safetensors")
+    check_output_folder(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.detach().float().cpu().contiguous()}, str(path))
+    return f"The denoised latents were saved to {path} (DiT space; decode with DeepGenPipeline.decode_latents)."
 
 
 def _speed_switches(pipe, args: argparse.Namespace, device: str) -> None:
@@ -141,6 +191,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .pipeline import DeepGenPipeline
 
+    from .user_files import check_output_folder
+
+    check_output_folder(args.out, "--out")
     dtype = getattr(torch, DTYPES[args.dtype])
     pipe = DeepGenPipeline.from_pretrained(args.model, vlm=args.vlm, diffusion=args.diffusion, config=args.config, torch_dtype=dtype)
     if args.layout == "diffusers":
@@ -154,22 +207,39 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    if hasattr(args, "handler"):  # subcommands that bring their own runner (train rl, reward-server)
+        return args.handler(args)
+    if args.command == "train":
+        from .train.cli import run_train
+
+        return run_train(args)
+    return _generate(args) if args.command == "generate" else _convert(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .errors import CheckpointError, DeepGenInputError
+    """Run the CLI; returns the exit code: 0, 1 (generation failed), 2 (bad input), 130 (interrupted)."""
+    from .errors import CheckpointError, GenerationError, TrainingError
 
     try:
-        if hasattr(args, "handler"):  # subcommands that bring their own runner (train rl, reward-server)
-            return args.handler(args)
-        if args.command == "train":
-            from .train.cli import run_train
-
-            return run_train(args)
-        return _generate(args) if args.command == "generate" else _convert(args)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handler below, not at interpreter exit
+        return code
     except (DeepGenInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"deepgen: error: {exc}", file=sys.stderr)
         return 2
+    except (GenerationError, TrainingError) as exc:
+        print(f"deepgen: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("deepgen: interrupted; nothing more was written.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `deepgen ... | head`: the reader left; say nothing more (Python docs' recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import DeepGenInputError
+from .user_files import exif_upright
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def prepare_reference(image: Image.Image, policy: ResizePolicy = "dynamic", size
             f"{name} is {image.size[0]}x{image.size[1]} px; each side needs at least {MIN_REFERENCE_SIDE} px. "
             "Upscale it or pass a larger image."
         )
-    image = to_rgb(image, name)
+    image = to_rgb(exif_upright(image), name)  # a phone photo's EXIF rotation (ComfyUI's LoadImage applies it already)
     w, h = target_size(*image.size, policy=policy, size=size)
     if (w, h) != image.size:
         image = image.resize((w, h), Image.BICUBIC)  # PIL's default filter for RGB, as the reference uses

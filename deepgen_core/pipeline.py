@@ -6,6 +6,7 @@ for prompts and negatives together), prepare latents, denoise (cond + uncond in 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .config import DeepGenConfig
-from .errors import DeepGenInputError
+from .decoding import decode_in_slices, decode_slice_size
+from .errors import DeepGenInputError, GenerationError
 from .fast_path import FastPathMixin, uses_component
 from .image_processing import (
     ResizePolicy,
@@ -46,6 +49,7 @@ from .sampling import (
     predicted_x0,
     sde_step,
 )
+from .validation import check_number, check_prompts, check_sampling, check_size, check_think_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -206,20 +210,14 @@ class DeepGenPipeline(FastPathMixin):
 
     # ------------------------------------------------------------------------------------------------ steps
 
-    def check_inputs(self, prompts: list[str], height: int, width: int, num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, output_type: str) -> None:
+    def check_inputs(self, prompts: list[str], height: int, width: int, num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int,
+                     output_type: str, shift: float | None = None) -> None:
+        """Validate every argument before any model work (ranges: `validation.LIMITS`, docs/inputs.md)."""
         unit = self.transformer.config.patch_size * self.vae_scale_factor
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % unit:
-                nearest = max(unit, int(round(value / unit)) * unit) if isinstance(value, (int, float)) and value > 0 else unit
-                raise DeepGenInputError(f"{name} must be a positive multiple of {unit}, got {value!r}; the nearest valid value is {nearest}.")
-            if value > self.max_image_size:
-                raise DeepGenInputError(f"{name}={value} exceeds the DiT position table ({self.max_image_size} px); use at most {self.max_image_size}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise DeepGenInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r} (the reference uses 50).")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise DeepGenInputError(f"guidance_scale must be a number >= 0, got {guidance_scale!r} (values <= 1 disable CFG; the reference uses 4.0).")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise DeepGenInputError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
+        check_size("height", height, unit, self.max_image_size)
+        check_size("width", width, unit, self.max_image_size)
+        check_sampling(num_inference_steps, guidance_scale, shift)
+        check_number("num_images_per_prompt", num_images_per_prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise DeepGenInputError("prompt must be a string or a non-empty list of strings (an empty string is a valid prompt).")
         if output_type not in ("pil", "pt", "np", "latent"):
@@ -292,6 +290,10 @@ class DeepGenPipeline(FastPathMixin):
         Pass no negatives for training; `max_text_length` applies the training-time left truncation (§2.2);
         `num_think_tokens` appends fewer think tokens (ablation).
         """
+        if max_text_length is None:  # inference: refuse control tokens and over-long prompts before the VLM runs
+            check_prompts(self.tokenizer, prompts)
+            check_prompts(self.tokenizer, negative_prompts, "negative_prompt")
+        num_think_tokens = check_think_tokens(num_think_tokens, self.encoder.config.num_think_tokens)
         n = len(prompts)
         image_embeds = grid = None
         template = self.encoder.config.prompt_template  # the model's (a diffusers download's prompt_template.json)
@@ -360,6 +362,7 @@ class DeepGenPipeline(FastPathMixin):
         the stochastic steps of RL rollouts with noise level `eta`, drawn from `generator` (CPU generators give
         the same result on any device).
         """
+        check_sampling(num_inference_steps, guidance_scale, shift, None if sampler == "euler" else eta)
         step = _step_function(sampler, eta, generator)
         timesteps, sigmas = inference_schedule(self.scheduler, num_inference_steps, shift)
         timesteps = timesteps.to(self.device)
@@ -452,18 +455,30 @@ class DeepGenPipeline(FastPathMixin):
             callback_on_step_end: `fn(pipe, step, timestep, tensors) -> dict | None`, called after each step with
                 the tensors named in `callback_on_step_end_tensor_inputs` (from 'latents', 'velocity',
                 'denoised'); may return {'latents': ...} to replace them, and may raise to cancel.
+
+        Raises:
+            DeepGenInputError: a bad argument, before any model work (valid ranges: `validation.LIMITS`, docs/inputs.md).
+            GenerationError: non-finite final latents or a failed VAE decode; `error.latents` holds the denoised latents.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         bad = [p for p in callback_on_step_end_tensor_inputs if p not in CALLBACK_TENSORS]
         if bad:
             raise DeepGenInputError(f"callback_on_step_end_tensor_inputs {bad} are not available; choose from {list(CALLBACK_TENSORS)}.")
+        check_sampling(num_inference_steps, guidance_scale, shift)
+        check_number("num_images_per_prompt", num_images_per_prompt)
+        if generator is not None and not isinstance(generator, (torch.Generator, list)):
+            raise DeepGenInputError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}; "
+                                    "for a seed pass generator=torch.Generator('cpu').manual_seed(seed).")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise DeepGenInputError("latents (the initial noise) contain NaN or infinite values; pass finite noise or latents=None.")
+        reference_size = check_number("reference_size", reference_size, hint="The reference resizes to 512.")
         ref_pixels = self.prepare_reference_pixels(image, len(prompts), reference_resize, reference_size)
         if height is None and width is None and ref_pixels is not None and all(len(r) == 1 for r in ref_pixels) and len({r[0].shape for r in ref_pixels}) == 1:
             height, width = ref_pixels[0][0].shape[-2:]
         default = self.encoder.config.default_image_size
         height = default if height is None else height
         width = default if width is None else width
-        self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type)
+        self.check_inputs(prompts, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, shift)
         default_negative = self.encoder.config.default_edit_negative if ref_pixels is not None else ""
         negatives = self._negatives(negative_prompt, default_negative, len(prompts))
         try:
@@ -474,6 +489,23 @@ class DeepGenPipeline(FastPathMixin):
                 f"out of memory generating {len(prompts) * num_images_per_prompt} image(s) of {width}x{height} with {n_refs} reference image(s): "
                 "use fewer or smaller references (reference_size), a smaller output size or batch, or offload the VLM."
             ) from exc
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options of the denoising and decoding bars that `__call__` shows, e.g. `disable=True` (as in diffusers)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, **{"unit": "step" if desc == "denoising" else "image", **getattr(self, "_progress_bar_config", {})})
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode in memory-bounded slices; on failure the `GenerationError` carries the latents."""
+        with self.on_execution_device(self.vae):
+            size = decode_slice_size(latents, self.vae_scale_factor, self.vae.dtype, self.device)
+            decode = functools.partial(DeepGenPipeline.decode_latents.__wrapped__, self)  # the VAE is placed once, here
+            if size >= latents.shape[0]:
+                return decode_in_slices(decode, latents, size)
+            with self.progress_bar(latents.shape[0], "decoding") as bar:
+                return decode_in_slices(decode, latents, size, bar)
 
     @staticmethod
     def _negatives(negative_prompt: str | list[str] | None, default: str, n: int) -> list[str]:
@@ -501,10 +533,19 @@ class DeepGenPipeline(FastPathMixin):
             embeddings = PromptEmbeddings(*(t.repeat_interleave(per_prompt, dim=0) for t in vars(embeddings).values()))
             if reference_latents is not None:
                 reference_latents = [refs for refs in reference_latents for _ in range(per_prompt)]
-        latents = self.denoise(latents, embeddings, reference_latents, steps, guidance_scale, shift, callback, callback_inputs)
+        with self.progress_bar(steps, "denoising") as bar:
+            def on_step(pipe, i, t, tensors):
+                bar.update(1)
+                return None if callback is None else callback(pipe, i, t, tensors)
+
+            latents = self.denoise(latents, embeddings, reference_latents, steps, guidance_scale, shift, on_step, callback_inputs)
+        if not torch.isfinite(latents).all():
+            raise GenerationError(
+                f"the denoised latents contain NaN or infinite values (guidance_scale={guidance_scale}, shift={shift}, dtype={self.dtype}); "
+                "no image was produced. Lower guidance_scale, keep the model's shift, or use bfloat16/float32 instead of float16.", latents)
         if output_type == "latent":
             return DeepGenPipelineOutput(images=None, latents=latents)
-        pixels = self.decode_latents(latents)
+        pixels = self._decode(latents)
         if output_type == "pt":
             return DeepGenPipelineOutput(images=((pixels.float() + 1) / 2).clamp(0, 1), latents=latents)
         uint8 = tensor_to_uint8(pixels).cpu().numpy()

@@ -10,6 +10,7 @@ from ..deepgen_core.image_processing import (
     prepare_reference,
     to_channels_last,
 )
+from ..deepgen_core.validation import check_prompt_pair
 from ._comfy import io, model_management, node_helpers
 from .loading import DeepGenModelType
 from .model import activation_estimate
@@ -60,6 +61,7 @@ class DeepGenVLMEncode(io.ComfyNode):
         encoder = model.encoder.model.inner
         if images and not negative_prompt and default_edit_negative:
             negative_prompt = encoder.config.default_edit_negative
+        check_prompt_pair(model.tokenizer, prompt, negative_prompt)  # control tokens, token limit: before the VLM loads
         tokens = 512 + sum(img.width * img.height for img in images) // (28 * 28)
         pipe = model.pipeline(model.encoder, memory_required=activation_estimate(2 * tokens, encoder.config.vlm_hidden_size, encoder.think_tokens.dtype))
         pixels = pipe.prepare_reference_pixels(images or None, 1, reference_resize, reference_size)

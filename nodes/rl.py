@@ -18,6 +18,7 @@ from ..deepgen_core.latents import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR
 from ..deepgen_core.rewards import build_reward
 from ..deepgen_core.sampling import SDE_SAMPLERS
 from ..deepgen_core.train.rl.preview import rollout_preview
+from ..deepgen_core.validation import check_sampler_node
 from ._comfy import folder_paths, io, model_management, ui
 from .loading import DeepGenModelType
 from .model import activation_estimate, compile_errors
@@ -136,6 +137,7 @@ class DeepGenRolloutPreview(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, prompts: str, group_size: int, seed: int, sampler: str, eta: float, steps: int, cfg: float,
                 width: int, height: int, rewards: str) -> io.NodeOutput:
+        check_sampler_node(seed, steps, cfg, None, sampler, eta)  # before any model is loaded
         weights = parse_weights(rewards)
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not lines:

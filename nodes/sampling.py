@@ -8,6 +8,7 @@ from ..deepgen_core.errors import DeepGenInputError
 from ..deepgen_core.latents import initial_noise, to_model_space, to_vae_space
 from ..deepgen_core.pipeline import PromptEmbeddings
 from ..deepgen_core.sampling import SDE_SAMPLERS
+from ..deepgen_core.validation import check_sampler_node
 from ._comfy import comfy_utils, io, latent_formats, latent_preview, model_management
 from .conditioning import DEEPGEN_MARKER
 from .loading import DeepGenModelType
@@ -102,6 +103,7 @@ class DeepGenSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image: dict, seed: int, steps: int, cfg: float, shift: float,
                 sampler: str = "euler", eta: float = 1.0) -> io.NodeOutput:
+        check_sampler_node(seed, steps, cfg, shift, sampler, eta)  # before the DiT is loaded
         shape = tuple(latent_image["samples"].shape)
         dit = model.transformer.model.inner
         if len(shape) != 4 or shape[1] != dit.config.in_channels:

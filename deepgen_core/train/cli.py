@@ -11,6 +11,8 @@ import argparse
 import logging
 from collections.abc import Callable
 
+from ..errors import DeepGenInputError
+
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="training stages 1 (pretrain) and 2 (sft), the tiny VAE (vae)")
@@ -63,6 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
         for name, text in field_help():
             print(f"{name}: {text}")
         return 0
+    require_recipe(args, f"train/recipes/{args.train_command}.yaml")
     config = load_config(args.train_command, args.config, args.overrides)
     if args.print_config:
         print(config.to_json())
@@ -75,6 +78,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_recipe(args: argparse.Namespace, example: str) -> None:
+    """A training run needs a recipe: every default alone trains nothing useful (`--print-config` and
+    `--help-config` work without one)."""
+    if args.config is None and not args.print_config:
+        raise DeepGenInputError(f"`deepgen train {args.train_command}` needs --config RECIPE (e.g. --config {example}); "
+                                "key=value overrides then adjust it. --print-config shows the defaults.")
+
+
 def run_recipe_command(args: argparse.Namespace, config_cls: type, load: Callable, run: Callable) -> int:
     """`--help-config`, `--print-config` or a run, for the recipe-driven commands with one config class
     (`train vae`, `train rl`): `load(recipe, overrides) -> config`, `run(config)` trains."""
@@ -84,6 +95,7 @@ def run_recipe_command(args: argparse.Namespace, config_cls: type, load: Callabl
         for name, text in field_help(config_cls):
             print(f"{name}: {text}")
         return 0
+    require_recipe(args, {"rl": "train/recipes/rl-tiny.yaml", "vae": "train/recipes/tiny/vae.yaml"}.get(args.train_command, "RECIPE.yaml"))
     config = load(args.config, args.overrides)
     if args.print_config:
         print(config.to_json())

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import DeepGenInputError
+from .config_checks import check_section
 
 
 def text_layer_lora_targets(layers: range) -> str:
@@ -37,8 +38,14 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+def _yaml(text: str, source: str = "") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DeepGenInputError(f"{source or 'YAML'} is not valid YAML{where}: {problem}; fix the syntax (indentation, quotes, colons).") from None
 
 
 @dataclass
@@ -257,6 +264,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise DeepGenInputError(f"unknown config keys {unknown} in {where}; valid keys: {sorted(known)}.")
+    check_section(cls, data, "" if where.startswith("the ") else where)
     try:
         return cls(**data)
     except TypeError as exc:
@@ -281,7 +289,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = _yaml(value)
+        node[leaf] = _yaml(value, f"override {item!r}")
     return tree
 
 
@@ -305,7 +313,7 @@ def read_recipe(recipe: str | Path | None, overrides: list[str] = (), shipped: s
         path = Path(recipe)
         if not path.is_file():
             raise DeepGenInputError(f"recipe {str(path)!r} does not exist; see {shipped} for the shipped ones.")
-        data = _yaml(path.read_text()) or {}
+        data = _yaml(path.read_text(), f"recipe {str(path)!r}") or {}
         if not isinstance(data, dict):
             raise DeepGenInputError(f"recipe {path} must be a YAML mapping of config fields.")
     return _deep_merge(data, parse_overrides(list(overrides)))

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..image_processing import pil_to_tensor, target_size, to_rgb
+from ..user_files import exif_upright
 from .config import DataConfig, SourceConfig
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class SourceDataset(torch.utils.data.Dataset):
             image.load()
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise SampleError(f"cannot decode image {name!r}: {exc}") from exc
-        return image
+        return exif_upright(image)  # photos stored sideways with a rotation tag
 
     def _image(self, shard: int | None, name: str) -> torch.Tensor:
         image = self.decode_image(shard, name)

@@ -34,6 +34,23 @@ class MetricsLog:
             if value is not None:
                 self._values[key].append(float(value))
 
+    def truncate(self, step: int) -> None:
+        """Drop the records after `step` (main process): a run resumed from the checkpoint of `step` replays the
+        later steps, which must not appear twice. A record that is not valid JSON (a line cut by a crash) goes too."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(self.path)
+
     def record_step(self, step: int, values: dict[str, Any]) -> None:
         """Append one optimizer step's exact values to the JSONL file (main process)."""
         if self.accelerator.is_main_process:

@@ -77,6 +77,9 @@ class Trainer:
         self.prebuilt = model
         self.config = config
         self.out = Path(config.checkpoint.output_dir)
+        if dataset is None and not config.data.sources:  # before the output folder exists
+            raise DeepGenInputError("data.sources is empty: list at least one dataset in the recipe, e.g. "
+                                    "sources: [{path: data/blip3o.json, format: blip3o}] (see docs/training.md).")
         self.out.mkdir(parents=True, exist_ok=True)
         log_with = ["tensorboard"] if config.logging.tensorboard else None
         self.accelerator = build_accelerator(config.distributed, config.micro_batch_size, config.grad_accum, config.optim.grad_clip, self.out, log_with,
@@ -143,6 +146,7 @@ class Trainer:
         step, consumed = state.get("step", 0), state.get("consumed_micro_batches", 0)
         batches = self._batches(consumed, model)
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
+        metrics.truncate(step)  # steps after the checkpoint are replayed: their old records go
         result = TrainResult(self.out, step)
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.stage}", disable=not (acc.is_main_process and cfg.logging.progress_bar))
         deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes else None

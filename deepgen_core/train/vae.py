@@ -260,6 +260,7 @@ def train_vae(config: VAEConfig, images: torch.Tensor | None = None) -> VAETrain
     use_bf16 = config.mixed_precision == "bf16" and acc.device.type == "cuda"
     autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     metrics = MetricsLog(acc, out / "metrics.jsonl")
+    metrics.truncate(step)  # steps after the checkpoint are replayed: their old records go
     result = VAETrainResult(out, step)
     sums: dict[str, torch.Tensor] = {}
     bar = tqdm(total=config.max_steps, initial=step, desc="vae", disable=not config.progress_bar)

@@ -22,6 +22,7 @@ from ..config import (
     OptimConfig,
     read_recipe,
 )
+from ..config_checks import check_section
 from .advantages import ADVANTAGES
 
 
@@ -110,6 +111,8 @@ class RLRunConfig:
     log_every: int = _help(1, "average and log metrics every N steps")
     save_images_every: int = _help(1, "save the first group's rollout grid with rewards every N steps (0: never)")
     tensorboard: bool = _help(True, "TensorBoard scalars under output_dir/tensorboard")
+    max_failed_steps: int = _help(3, "stop the run with an error after this many consecutive steps in which no reward was scored (a reward server "
+                                     "that never answers); 0: never stop")
 
 
 def rl_optim() -> OptimConfig:
@@ -211,6 +214,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise DeepGenInputError(f"unknown config keys {unknown} in {where}; valid keys: {sorted(known)}.")
+    check_section(cls, data, where)
     return cls(**data)
 
 
@@ -227,4 +231,5 @@ def load_rl_config(recipe: str | Path | None, overrides: list[str] = ()) -> RLCo
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise DeepGenInputError(f"unknown config sections {unknown}; valid: {sorted(_SECTIONS)}.")
+    check_section(RLConfig, data)
     return RLConfig(**data)

@@ -13,11 +13,18 @@ from .rollout import ScoredRollout
 
 
 def reward_metrics(scored: ScoredRollout) -> dict[str, float]:
-    """`reward` (mean weighted total), `reward/<name>` (mean over scored images), `reward_scored/<name>` (fraction
-    scored), `reward_failures/<name>`, and advantage statistics, over all ranks when the rewards were gathered."""
+    """`reward` (mean weighted total over the images that got a score; NaN when none did: a missing reward is never
+    0), `reward_scored` (share of the weighted (image, reward) pairs that were scored), `reward/<name>` (mean over
+    scored images), `reward_scored/<name>` (fraction scored), `reward_failures/<name>`, and advantage statistics,
+    over all ranks when the rewards were gathered."""
     rewards = scored.all_rewards if scored.all_rewards is not None else scored.rewards
     weights = scored.all_weights if scored.all_weights is not None else scored.weights
-    out = {"reward": float((torch.nan_to_num(rewards) * weights).sum(1).mean())}
+    wanted = weights > 0
+    got = wanted & ~torch.isnan(rewards)
+    rows = got.any(1)
+    total = (torch.nan_to_num(rewards) * weights).sum(1)
+    out = {"reward": float(total[rows].mean()) if rows.any() else math.nan,
+           "reward_scored": float(got.sum() / wanted.sum()) if wanted.any() else 1.0}
     for k, name in enumerate(scored.reward_names):
         column = rewards[:, k]
         scored_mask = ~torch.isnan(column)
@@ -44,7 +51,8 @@ def save_rollout_grid(scored: ScoredRollout, folder: Path, rank: int) -> Path:
     path = folder / f"rank{rank}.png"
     grid.save(path)
     record = {"prompt": ro.prompts[0], "images": [
-        {"index": i, "advantage": float(scored.advantages[i]), "total": float(scored.total[i]),
+        {"index": i, "advantage": float(scored.advantages[i]),
+         "total": float(scored.total[i]) if any(scored.outputs[n].scores[i] is not None for n in scored.reward_names) else None,
          "scores": {n: scored.outputs[n].scores[i] for n in scored.reward_names},
          "details": {n: scored.outputs[n].details[i] for n in scored.reward_names}} for i in range(g)]}
     (folder / f"rank{rank}.json").write_text(json.dumps(record, indent=1))

@@ -20,6 +20,7 @@ from ...pipeline import DeepGenPipeline, PromptEmbeddings, StepCallback
 from ...rewards.base import Reward, RewardOutput
 from ...rewards.weights import score_matrix, weight_matrix
 from ...sampling import check_sde_sampler, inference_schedule, sde_step
+from ...validation import check_sampling
 from .advantages import compute_advantages, weighted_total
 
 
@@ -50,8 +51,7 @@ class RolloutSettings:
 
     def __post_init__(self) -> None:
         check_sde_sampler(self.sampler)
-        if self.eta < 0:
-            raise DeepGenInputError(f"eta must be >= 0, got {self.eta}.")
+        check_sampling(self.num_inference_steps, self.guidance_scale, self.shift, self.eta)  # ranges: validation.LIMITS
 
     @property
     def do_cfg(self) -> bool:

@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...errors import DeepGenInputError
+from ...errors import DeepGenInputError, TrainingError
 from ...loading import DeepGenComponents
 from ...rewards import build_reward
 from ...rewards.base import Reward
@@ -94,12 +94,12 @@ class RLTrainer:
     def __init__(self, config: RLConfig, rewards: dict[str, Reward] | None = None, components: DeepGenComponents | None = None) -> None:
         self.config, self._components = config, components
         self.out = Path(config.run.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.prompts = PromptSampler.from_rewards_config(config.rewards.datasets, config.rewards.prompts, config.rewards.weights)
         self.rewards = rewards if rewards is not None else build_rewards(self.prompts.reward_names, config.rewards.options)
         missing = sorted(set(self.prompts.reward_names) - set(self.rewards))
         if missing:
             raise DeepGenInputError(f"the prompt datasets weight rewards {missing} that were not provided; pass them or drop their weights.")
+        self.out.mkdir(parents=True, exist_ok=True)  # only once the prompts and rewards are known to work
         r = config.rollout
         self.settings = RolloutSettings(sampler=r.sampler, eta=r.eta, num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale,
                                         height=r.height, width=r.width, same_noise_per_group=r.same_noise_per_group)
@@ -181,13 +181,16 @@ class RLTrainer:
             self._restore_old(ckpt, model)
         sft = SFTAuxStream(cfg.sft, cfg.policy.sft_micro_batch_size, cfg.run.seed, self.rank, self.world) if cfg.policy.sft_coef > 0 else None
         metrics = MetricsLog(acc, self.out / "metrics.jsonl")
+        metrics.truncate(step)  # steps after the checkpoint are replayed: their old records go
         result = RLResult(self.out, step)
         bar = tqdm(total=cfg.run.max_steps, initial=step, desc="rl", disable=not acc.is_main_process)
         deadline = time.monotonic() + 60.0 * cfg.run.max_minutes if cfg.run.max_minutes else None
         last = cfg.run.max_steps
+        failed = 0  # consecutive steps in which no reward was scored
         while step < last:
             with explain_rank_failure(self.rank, self.world, step, ckpt.latest):
                 values = self.train_step(step, model, ref, optimizer, scheduler, sft)
+            failed = self._check_reward_signal(values, step, failed)
             step += 1
             if deadline is not None and step < last and past_deadline(acc, deadline, time.monotonic()):
                 logger.warning("run.max_minutes (%g) reached at step %d of %d: saving and exporting; a re-run resumes from here", cfg.run.max_minutes, step, cfg.run.max_steps)
@@ -196,7 +199,7 @@ class RLTrainer:
             metrics.record_step(step, values)
             metrics.add(**values)
             bar.update(1)
-            bar.set_postfix(reward=f"{values['reward']:.4f}", kl=f"{values['kl']:.2e}")
+            bar.set_postfix(reward=f"{values['reward']:.4f}", scored=f"{values['reward_scored']:.0%}", kl=f"{values['kl']:.2e}")
             if step % cfg.run.log_every == 0 or step == last:
                 metrics.flush(step)
             if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == last:
@@ -209,6 +212,21 @@ class RLTrainer:
         acc.wait_for_everyone()
         acc.end_training()
         return result
+
+    def _check_reward_signal(self, values: dict[str, Any], step: int, failed: int) -> int:
+        """Count consecutive steps without a single scored reward; stop the run at `run.max_failed_steps`."""
+        acc = self.accelerator
+        if acc.reduce(torch.tensor(values["reward_scored"], device=acc.device), "sum").item() > 0:  # every rank decides alike
+            return 0
+        failed += 1
+        limit = self.config.run.max_failed_steps
+        logger.warning("step %d: no reward was scored (%d consecutive step(s); the run stops at %s)", step + 1, failed, limit or "never")
+        if limit and failed >= limit:
+            raise TrainingError(
+                f"no reward was scored in {failed} consecutive steps (last: step {step + 1}); the rewards' failures are in the log and "
+                f"metrics.jsonl (reward_failures/<name>). Check the reward server (rewards.options ... url, token) and resume: the run "
+                f"restarts from its last checkpoint in {self.out / 'checkpoints'}. run.max_failed_steps sets the limit (0: never stop).")
+        return failed
 
     def _apply_curriculum(self, model) -> None:
         """Score every distinct prompt with the starting model (or read `curriculum.json`) and reweight the sampler."""
