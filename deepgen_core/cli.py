@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
 
+    from .native_cli import add_lora_parser
     from .rewards.service import add_reward_server_parser
     from .tiny_world.cli import add_tiny_world_parser
     from .train.cli import add_train_parser
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rl_parser(sub)  # `train rl`, in the RL package's own module
     add_reward_server_parser(sub)
     add_tiny_world_parser(sub)
+    add_lora_parser(sub)  # `extract-dit-lora`, for ComfyUI's LoRA loaders
     return parser
 
 

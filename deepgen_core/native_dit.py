@@ -129,10 +129,11 @@ def extract_dit_lora(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tenso
         if kind == "weight" and delta.dim() == 2:
             up, down = _low_rank(delta, rank)
             name = LORA_PREFIX + module
-            out[f"{name}.lora_B.weight"], out[f"{name}.lora_A.weight"] = up.to(dtype), down.to(dtype)
+            out[f"{name}.lora_B.weight"], out[f"{name}.lora_A.weight"] = up.to(dtype).contiguous(), down.to(dtype).contiguous()
             out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
         elif kind == "bias":
             out[f"{LORA_PREFIX}{module}.diff_b"] = delta.to(dtype)
         else:
             out[f"{LORA_PREFIX}{key.removesuffix('.weight')}.diff"] = delta.to(dtype)
     return out
+

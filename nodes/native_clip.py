@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..deepgen_core.image_processing import prepare_reference
 from ..deepgen_core.pipeline import DeepGenPipeline
 from ._comfy import comfy_sd, model_management, model_patcher
 from .model import ManagedModule, _place_remaining_tensors, use_comfy_layers
@@ -71,7 +72,8 @@ class DeepGenTextEncoderModel(ManagedModule):
         pipe = self._pipeline
         pipe.execution_device = self.load_device
         pipe.set_cuda_graphs(False if getattr(self, "model_lowvram", False) else "auto")  # streamed weights: nothing to replay
-        pixels = pipe.prepare_reference_pixels(prompt.images or None, 1, prompt.reference_resize, prompt.reference_size)
+        # the resize of `prepare_reference_pixels`, without its DiT size check (the MODEL checks sizes itself)
+        pixels = [[prepare_reference(img, prompt.reference_resize, prompt.reference_size, name=f"reference image {k}") for k, img in enumerate(prompt.images)]] if prompt.images else None
         model_management.throw_exception_if_processing_interrupted()
         embeds = pipe.encode_prompt([prompt.text], [], pixels)
         out = model_management.intermediate_device()

@@ -41,10 +41,20 @@ class DeepGenComfyDiT(DeepGenSD3Transformer):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None,
                 ref_latents: list[torch.Tensor] | None = None, control: Any = None, transformer_options: dict | None = None, **kwargs: Any) -> torch.Tensor:
+        self._check_sizes(x, ref_latents or [])
         refs = None
         if ref_latents:
             refs = [[r[i] for r in ref_latents] for i in range(x.shape[0])]
         return super().forward(x, context, y, timesteps, reference_latents=refs, return_dict=False)[0]
+
+
+    def _check_sizes(self, x: torch.Tensor, references: list[torch.Tensor]) -> None:
+        limit = self.config.pos_embed_max_size * self.config.patch_size  # latent pixels the position table covers
+        for name, t in (("the latent", x), *((f"reference latent {k}", r) for k, r in enumerate(references))):
+            if max(t.shape[-2:]) > limit:
+                raise DeepGenInputError(f"{name} is {t.shape[-1] * 8}x{t.shape[-2] * 8} px; DeepGen's DiT covers at most {limit * 8} px a side. Use a smaller size (or reference_size).")
+            if t.shape[-1] % self.config.patch_size or t.shape[-2] % self.config.patch_size:
+                raise DeepGenInputError(f"{name} is {t.shape[-1] * 8}x{t.shape[-2] * 8} px; DeepGen needs multiples of {8 * self.config.patch_size}.")
 
 
 def _comfy_layer_classes(operations: Any) -> tuple[dict[type, type], type]:
