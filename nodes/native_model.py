@@ -44,7 +44,7 @@ class DeepGenComfyDiT(DeepGenSD3Transformer):
         self._check_sizes(x, ref_latents or [])
         refs = None
         if ref_latents:
-            refs = [[r[i] for r in ref_latents] for i in range(x.shape[0])]
+            refs = [[r[i if r.shape[0] > 1 else 0] for r in ref_latents] for i in range(x.shape[0])]  # (1 or B, 16, h, w) each
         return super().forward(x, context, y, timesteps, reference_latents=refs, return_dict=False)[0]
 
 
