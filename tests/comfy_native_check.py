@@ -44,15 +44,31 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--comfy", required=True)
-    parser.add_argument("--tuned-dit", required=True)
-    parser.add_argument("--lora", required=True)
+    parser.add_argument("--tuned-dit")
+    parser.add_argument("--lora")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--compile-only", action="store_true", help="only TorchCompileModel (inductor; minutes on a CPU)")
     opts = parser.parse_args()
     comfy_nodes = _boot(opts.comfy)
     with torch.inference_mode():
-        results = run_checks(comfy_nodes, opts)
+        results = compile_check(comfy_nodes) if opts.compile_only else run_checks(comfy_nodes, opts)
     Path(opts.out).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def compile_check(comfy_nodes) -> dict:
+    """TorchCompileModel (inductor) on the native DiT against the eager model, 6 euler steps."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    from deepgen_pack.nodes import loading, native_nodes
+
+    model = native_nodes.DeepGenDiTLoader.execute(loading.EMBEDDED).result[0]
+    clip = native_nodes.DeepGenCLIPLoader.execute(loading.EMBEDDED).result[0]
+    pos, neg = (comfy_nodes.CLIPTextEncode().encode(clip, text)[0] for text in (PROMPT, ""))
+    latent = {"samples": torch.zeros(1, 16, 16, 16)}
+    eager = comfy_nodes.common_ksampler(model, SEED, 6, CFG, "euler", "normal", pos, neg, latent)[0]["samples"]
+    compiled = TorchCompileModel.execute(model, "inductor").result[0]
+    return {"compiled_vs_eager": rel(comfy_nodes.common_ksampler(compiled, SEED, 6, CFG, "euler", "normal", pos, neg, latent)[0]["samples"], eager)}
 
 
 def run_checks(comfy_nodes, opts) -> dict:

@@ -158,6 +158,24 @@ def test_extracted_lora_uses_keys_comfys_loader_maps_and_rebuilds_the_fine_tune(
     assert low[f"{name}.lora_A.weight"].shape[0] == 2
 
 
+def test_extract_dit_lora_command_writes_the_difference(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from deepgen_core.checkpoint import safetensors_metadata
+    from deepgen_core.cli import main as deepgen
+
+    source = DEEPGEN_TINY_DIR / "deepgen-transformer.safetensors"
+    state = load_file(str(source))
+    state["proj_out.weight"] = state["proj_out.weight"] + 0.05
+    save_file(state, str(tmp_path / "tuned.safetensors"), metadata=safetensors_metadata(source))
+    out = tmp_path / "loras" / "dit.safetensors"
+    assert deepgen(["extract-dit-lora", "--base", "tiny", "--tuned", str(tmp_path / "tuned.safetensors"), "--out", str(out), "--rank", "4"]) == 0
+    lora = load_file(str(out))
+    assert set(lora) == {f"{LORA_PREFIX}proj_out.{k}" for k in ("lora_A.weight", "lora_B.weight", "alpha")}
+    assert lora[f"{LORA_PREFIX}proj_out.lora_A.weight"].dtype == torch.bfloat16 and safetensors_metadata(out)["component"] == "dit_lora"
+    assert deepgen(["extract-dit-lora", "--base", "tiny", "--tuned", "tiny", "--out", str(out)]) == 2  # nothing changed: a clear error
+
+
 def test_lora_extraction_rejects_different_models():
     with pytest.raises(DeepGenInputError, match="differ in keys or shapes"):
         extract_dit_lora({"a.weight": torch.zeros(2, 2)}, {"b.weight": torch.zeros(2, 2)})
@@ -256,6 +274,17 @@ def test_native_model_and_clip_in_real_comfyui(sft_lora, tmp_path):
     # the SFT fine-tune as a LoRA through LoraLoaderModelOnly = the fine-tuned DiT itself; the base stays untouched
     assert r["lora_patches"] > 0 and r["lora_vs_merged"] < 1e-3 and r["tuned_vs_base"] > 0.01 and r["base_after_lora"] < 1e-4, r
     assert r["lowvram_streamed_layers"] > 0 and r["lowvram_vs_full"] < 1e-5 and r["after_unload"] < 1e-4, r
+
+
+@real
+@pytest.mark.slow
+def test_torch_compile_model_compiles_the_native_dit(tmp_path):
+    python = os.environ.get("COMFY_PYTHON", sys.executable)
+    out = tmp_path / "compile.json"
+    cmd = [python, str(REPO / "tests" / "comfy_native_check.py"), "--comfy", REAL_COMFY, "--compile-only", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(out.read_text())["compiled_vs_eager"] < 1e-4
 
 
 @real
