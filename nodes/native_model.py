@@ -104,7 +104,7 @@ class DeepGenModelConfig(supported_models_base.BASE):
     unet_config = {}  # noqa: RUF012 - ComfyUI's class attribute
     sampling_settings = {"shift": 3.0, "multiplier": 1000}  # noqa: RUF012
     latent_format = latent_formats.SD3
-    memory_usage_factor = 1.6  # SD3's 1.2 plus the reference tokens' share (see memory_usage_factor_conds)
+    memory_usage_factor = 1.2  # SD3's (the same DiT family); reference tokens count through memory_usage_factor_conds
     supported_inference_dtypes = [torch.bfloat16, torch.float32]  # noqa: RUF012 - fp16 overflows (trained in bf16)
 
     def __init__(self, transformer_config: dict, shift: float) -> None:

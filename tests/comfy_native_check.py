@@ -71,98 +71,118 @@ def compile_check(comfy_nodes) -> dict:
     return {"compiled_vs_eager": rel(comfy_nodes.common_ksampler(compiled, SEED, 6, CFG, "euler", "normal", pos, neg, latent)[0]["samples"], eager)}
 
 
-def run_checks(comfy_nodes, opts) -> dict:
-    import comfy.model_management as mm
-    from comfy_extras.nodes_edit_model import ReferenceLatent
+class Bench:
+    """The embedded DeepGen-Tiny loaded both ways (native MODEL + CLIP, one-box DEEPGEN_MODEL) and the samplers."""
+
+    def __init__(self, comfy_nodes) -> None:
+        from deepgen_pack.nodes import loading, native_nodes
+
+        self.nodes, tiny = comfy_nodes, loading.EMBEDDED
+        self.model = native_nodes.DeepGenDiTLoader.execute(tiny).result[0]
+        self.clip = native_nodes.DeepGenCLIPLoader.execute(tiny).result[0]
+        self.one_box_model, self.vae = loading.DeepGenLoader.execute(tiny, loading.FROM_MODEL, loading.FROM_MODEL).result
+        self.latent = {"samples": torch.zeros(1, 16, 16, 16)}
+
+    def ksample(self, model, pos, neg, latent=None, sampler="euler", scheduler="normal", seed=SEED) -> torch.Tensor:
+        return self.nodes.common_ksampler(model, seed, STEPS, CFG, sampler, scheduler, pos, neg, latent or self.latent)[0]["samples"]
+
+    def one_box(self, pos, neg, latent=None, seed=SEED) -> torch.Tensor:
+        from deepgen_pack.nodes import sampling
+
+        return sampling.DeepGenSampler.execute(self.one_box_model, pos, neg, latent or self.latent, seed, STEPS, CFG, 3.0).result[0]["samples"]
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.nodes.VAEDecode().decode(self.vae, {"samples": samples})[0]
+
+
+def text_to_image_checks(b: Bench, out: dict) -> tuple:
+    """The same (jointly encoded) conditioning into KSampler and DeepGen Sampler; other samplers run."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
-    from deepgen_pack.nodes import conditioning, loading, native_nodes, sampling
+    from deepgen_pack.nodes import conditioning
 
-    tiny = loading.EMBEDDED
-    model = native_nodes.DeepGenDiTLoader.execute(tiny).result[0]
-    clip = native_nodes.DeepGenCLIPLoader.execute(tiny).result[0]
-    dg, vae = loading.DeepGenLoader.execute(tiny, loading.FROM_MODEL, loading.FROM_MODEL).result
-    latent = {"samples": torch.zeros(1, 16, 16, 16)}
-    out: dict = {}
-
-    def ksample(m, pos, neg, lat=latent, sampler="euler", scheduler="normal", seed=SEED):
-        return comfy_nodes.common_ksampler(m, seed, STEPS, CFG, sampler, scheduler, pos, neg, lat)[0]["samples"]
-
-    def one_box(pos, neg, lat=latent, seed=SEED):
-        return sampling.DeepGenSampler.execute(dg, pos, neg, lat, seed, STEPS, CFG, 3.0).result[0]["samples"]
-
-    # text-to-image: the same (jointly encoded) conditioning into both samplers
-    pos, neg = conditioning.DeepGenVLMEncode.execute(dg, PROMPT, "").result
-    reference = one_box(pos, neg)
+    pos, neg = conditioning.DeepGenVLMEncode.execute(b.one_box_model, PROMPT, "").result
+    reference = b.one_box(pos, neg)
     for scheduler in ("normal", "simple"):
-        out[f"t2i_euler_{scheduler}"] = rel(ksample(model, pos, neg, scheduler=scheduler), reference)
-    out["t2i_shift3_node"] = rel(ksample(ModelSamplingSD3().patch(model, 3.0)[0], pos, neg), reference)
-    out["t2i_shift6_node"] = rel(ksample(ModelSamplingSD3().patch(model, 6.0)[0], pos, neg), reference)
-
-    # every other sampler runs and decodes to a finite image
+        out[f"t2i_euler_{scheduler}"] = rel(b.ksample(b.model, pos, neg, scheduler=scheduler), reference)
+    out["t2i_shift3_node"] = rel(b.ksample(ModelSamplingSD3().patch(b.model, 3.0)[0], pos, neg), reference)
+    out["t2i_shift6_node"] = rel(b.ksample(ModelSamplingSD3().patch(b.model, 6.0)[0], pos, neg), reference)
     for sampler, scheduler in (("dpmpp_2m", "simple"), ("res_multistep", "simple"), ("dpmpp_2m", "karras"), ("uni_pc", "beta"), ("euler_ancestral", "sgm_uniform")):
-        image = comfy_nodes.VAEDecode().decode(vae, {"samples": ksample(model, pos, neg, sampler=sampler, scheduler=scheduler)})[0]
+        image = b.decode(b.ksample(b.model, pos, neg, sampler=sampler, scheduler=scheduler))
         out[f"finite_{sampler}_{scheduler}"] = bool(torch.isfinite(image).all()) and float(image.std()) > 0.01
+    return pos, neg, reference
 
-    # one-reference edit: references on both branches (DeepGen Sampler's rule), 8-bit source image
-    source = comfy_nodes.VAEDecode().decode(vae, {"samples": reference})[0]
-    source = (source * 255).round() / 255
-    pos_e, neg_e = conditioning.DeepGenVLMEncode.execute(dg, EDIT, "", image_1=source).result
-    pos_r, empty = conditioning.DeepGenReferenceLatent.execute(pos_e, source, vae).result
-    edit_reference = one_box(pos_r, neg_e, empty, seed=7)
-    encoded = comfy_nodes.VAEEncode().encode(vae, source)[0]
+
+def edit_checks(b: Bench, out: dict, reference: torch.Tensor) -> None:
+    """One-reference edit (references on both branches, DeepGen Sampler's rule; 8-bit source), then the CLIP side:
+    CLIPTextEncode / DeepGen Text Encode (edit) into both samplers."""
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+
+    from deepgen_pack.nodes import conditioning, native_nodes
+
+    source = (b.decode(reference) * 255).round() / 255
+    pos_e, neg_e = conditioning.DeepGenVLMEncode.execute(b.one_box_model, EDIT, "", image_1=source).result
+    pos_r, empty = conditioning.DeepGenReferenceLatent.execute(pos_e, source, b.vae).result
+    edit_reference = b.one_box(pos_r, neg_e, empty, seed=7)
+    encoded = b.nodes.VAEEncode().encode(b.vae, source)[0]
     pos_n, neg_n = (ReferenceLatent.execute(c, encoded).result[0] for c in (pos_e, neg_e))
-    edit_native = ksample(model, pos_n, neg_n, encoded, seed=7)
-    out["edit_euler_normal"] = rel(edit_native, edit_reference)
+    out["edit_euler_normal"] = rel(b.ksample(b.model, pos_n, neg_n, encoded, seed=7), edit_reference)
     out["edit_changes_image"] = rel(edit_reference, reference)
+    pos_c, neg_c = (b.nodes.CLIPTextEncode().encode(b.clip, text)[0] for text in (PROMPT, ""))
+    out["clip_marker"] = bool(pos_c[0][1].get("deepgen")) and pos_c[0][1]["pooled_output"].shape == pos_e[0][1]["pooled_output"].shape
+    out["clip_into_one_box_vs_native"] = rel(b.one_box(pos_c, neg_c), b.ksample(b.model, pos_c, neg_c))
+    edit_c, edit_neg_c = (native_nodes.DeepGenTextEncodeEdit.execute(b.clip, text, image_1=source, vae=b.vae).result[0] for text in (EDIT, ""))
+    out["clip_edit_native_vs_one_box"] = rel(b.ksample(b.model, edit_c, edit_neg_c, encoded, seed=7), b.one_box(edit_c, edit_neg_c, empty, seed=7))
 
-    # the CLIP side: CLIPTextEncode / DeepGen Text Encode (edit) into both samplers
-    pos_c = comfy_nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
-    neg_c = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    out["clip_marker"] = bool(pos_c[0][1].get("deepgen")) and pos_c[0][1]["pooled_output"].shape[-1] == pos[0][1]["pooled_output"].shape[-1]
-    out["clip_into_one_box_vs_native"] = rel(one_box(pos_c, neg_c), ksample(model, pos_c, neg_c))
-    edit_c = native_nodes.DeepGenTextEncodeEdit.execute(clip, EDIT, image_1=source, vae=vae).result[0]
-    edit_neg_c = native_nodes.DeepGenTextEncodeEdit.execute(clip, "", image_1=source, vae=vae).result[0]
-    out["clip_edit_native_vs_one_box"] = rel(ksample(model, edit_c, edit_neg_c, encoded, seed=7), one_box(edit_c, edit_neg_c, empty, seed=7))
 
-    # weight dtypes (comfy.ops): fp8 storage runs and stays close
-    for dtype in ("bf16", "fp8_e4m3fn", "fp8_e4m3fn_fast"):
-        m = native_nodes.DeepGenDiTLoader.execute(tiny, dtype).result[0]
-        samples = ksample(m, pos, neg)
-        out[f"dtype_{dtype}"] = rel(samples, reference) if torch.isfinite(samples).all() else "non-finite"
-        out[f"dtype_{dtype}_storage"] = str(m.model.diffusion_model.transformer_blocks[0].attn.to_q.weight.dtype)
-
-    # LoRA: the SFT fine-tune as a LoRA through LoraLoaderModelOnly vs the fine-tuned DiT itself
-    lora_dir = Path(opts.lora).parent
+def weight_checks(b: Bench, out: dict, pos, neg, reference: torch.Tensor, opts) -> None:
+    """Weight dtypes through comfy.ops, and the SFT fine-tune as a LoRA through LoraLoaderModelOnly against the
+    fine-tuned DiT itself."""
     import folder_paths
 
-    folder_paths.add_model_folder_path("loras", str(lora_dir))
-    with_lora = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, Path(opts.lora).name, 1.0)[0]
     from deepgen_pack.deepgen_core.native_dit import read_dit
+    from deepgen_pack.nodes import loading, native_nodes
     from deepgen_pack.nodes.native_model import native_model
 
-    tuned = native_model(read_dit(opts.tuned_dit))
-    tuned_samples = ksample(tuned, pos, neg)
-    out["lora_vs_merged"] = rel(ksample(with_lora, pos, neg), tuned_samples)
+    for dtype in ("bf16", "fp8_e4m3fn", "fp8_e4m3fn_fast"):
+        m = native_nodes.DeepGenDiTLoader.execute(loading.EMBEDDED, dtype).result[0]
+        samples = b.ksample(m, pos, neg)
+        out[f"dtype_{dtype}"] = rel(samples, reference) if torch.isfinite(samples).all() else "non-finite"
+        out[f"dtype_{dtype}_storage"] = str(m.model.diffusion_model.transformer_blocks[0].attn.to_q.weight.dtype)
+    folder_paths.add_model_folder_path("loras", str(Path(opts.lora).parent))
+    with_lora = b.nodes.LoraLoaderModelOnly().load_lora_model_only(b.model, Path(opts.lora).name, 1.0)[0]
+    tuned_samples = b.ksample(native_model(read_dit(opts.tuned_dit)), pos, neg)
+    out["lora_vs_merged"] = rel(b.ksample(with_lora, pos, neg), tuned_samples)
     out["lora_patches"] = len(with_lora.patches)
     out["tuned_vs_base"] = rel(tuned_samples, reference)
-    out["base_after_lora"] = rel(ksample(model, pos, neg), reference)  # the clone's patches never leak into the base
+    out["base_after_lora"] = rel(b.ksample(b.model, pos, neg), reference)  # the clone's patches never leak into the base
 
-    # partial loading (--lowvram / --novram path): every streamable layer cast per call from the offload device
+
+def memory_checks(b: Bench, out: dict, pos, neg, reference: torch.Tensor) -> None:
+    """Partial loading (the --lowvram / --novram path, forced on the CPU): streamed layers cast per call; then
+    Unload Models and sample again."""
+    import comfy.model_management as mm
+
     mm.unload_all_models()
-    dit = model.model
+    dit = b.model.model
     x, sigma = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.7])
     conds = {"c_crossattn": pos[0][0], "y": pos[0][1]["pooled_output"]}
     full = dit.apply_model(x, sigma, **conds)
-    model.load(torch.device("cpu"), lowvram_model_memory=1, force_patch_weights=False, full_load=False)
-    streamed = sum(1 for layer in dit.modules() if getattr(layer, "comfy_cast_weights", False))
-    out["lowvram_streamed_layers"] = streamed
+    b.model.load(torch.device("cpu"), lowvram_model_memory=1, force_patch_weights=False, full_load=False)
+    out["lowvram_streamed_layers"] = sum(1 for layer in dit.modules() if getattr(layer, "comfy_cast_weights", False))
     out["lowvram_vs_full"] = rel(dit.apply_model(x, sigma, **conds), full)
-    model.detach()
+    b.model.detach()
     mm.unload_all_models()
-    out["after_unload"] = rel(ksample(model, pos, neg), reference)
-    return out
+    out["after_unload"] = rel(b.ksample(b.model, pos, neg), reference)
 
+
+def run_checks(comfy_nodes, opts) -> dict:
+    bench, out = Bench(comfy_nodes), {}
+    pos, neg, reference = text_to_image_checks(bench, out)
+    edit_checks(bench, out, reference)
+    weight_checks(bench, out, pos, neg, reference, opts)
+    memory_checks(bench, out, pos, neg, reference)
+    return out
 
 if __name__ == "__main__":
     sys.exit(main())
