@@ -113,6 +113,23 @@ def text_to_image_checks(b: Bench, out: dict) -> tuple:
     return pos, neg, reference
 
 
+def sweep_checks(b: Bench, out: dict, pos, neg) -> None:
+    """Every KSampler sampler (scheduler `simple`) and every scheduler (sampler `euler`) runs to a finite picture."""
+    import comfy.samplers
+
+    failures = {}
+    runs = [(s, "simple") for s in comfy.samplers.KSampler.SAMPLERS] + [("euler", s) for s in comfy.samplers.KSampler.SCHEDULERS]
+    for sampler, scheduler in runs:
+        try:
+            image = b.decode(b.ksample(b.model, pos, neg, sampler=sampler, scheduler=scheduler))
+        except Exception as error:  # noqa: BLE001 - recorded by name for the test's report
+            failures[f"{sampler}/{scheduler}"] = repr(error)[:300]
+            continue
+        if not (torch.isfinite(image).all() and float(image.std()) > 0.01):
+            failures[f"{sampler}/{scheduler}"] = "non-finite or flat image"
+    out["sweep_runs"], out["sweep_failures"] = len(runs), failures
+
+
 def edit_checks(b: Bench, out: dict, reference: torch.Tensor) -> None:
     """One-reference edit (references on both branches, DeepGen Sampler's rule; 8-bit source), then the CLIP side:
     CLIPTextEncode / DeepGen Text Encode (edit) into both samplers."""
@@ -179,6 +196,7 @@ def memory_checks(b: Bench, out: dict, pos, neg, reference: torch.Tensor) -> Non
 def run_checks(comfy_nodes, opts) -> dict:
     bench, out = Bench(comfy_nodes), {}
     pos, neg, reference = text_to_image_checks(bench, out)
+    sweep_checks(bench, out, pos, neg)
     edit_checks(bench, out, reference)
     weight_checks(bench, out, pos, neg, reference, opts)
     memory_checks(bench, out, pos, neg, reference)

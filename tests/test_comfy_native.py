@@ -267,6 +267,7 @@ def test_native_model_and_clip_in_real_comfyui(sft_lora, tmp_path):
     # simple spaces the sigmas 1/N apart instead of (1 - sigma_min)/(N - 1): close, not equal
     assert 1e-4 < r["t2i_euler_simple"] < 0.1 and r["t2i_shift6_node"] > 1e-3, r
     assert all(v is True for k, v in r.items() if k.startswith("finite_")), r
+    assert r["sweep_runs"] > 40 and r["sweep_failures"] == {}, r  # every KSampler sampler and scheduler
     assert r["edit_changes_image"] > 0.1 and r["clip_marker"] is True, r
     assert r["clip_into_one_box_vs_native"] < 1e-4 and r["clip_edit_native_vs_one_box"] < 1e-4, r
     assert r["dtype_bf16_storage"] == "torch.bfloat16" and r["dtype_fp8_e4m3fn_storage"] == "torch.float8_e4m3fn", r
