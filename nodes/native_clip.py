@@ -61,8 +61,10 @@ class DeepGenTextEncoderModel(ManagedModule):
         """ComfyUI resets CLIP options (layer, pooled projection) before each encode; DeepGen has none."""
 
     def set_clip_options(self, options: dict) -> None:
-        if options:
-            logger.warning("DeepGen's text encoder has no CLIP options (%s); CLIPSetLastLayer does not apply to it.", sorted(options))
+        """`layer` (CLIPSetLastLayer) has no meaning for DeepGen's SCB (it stacks fixed VLM layers); newer ComfyUI
+        also passes `execution_device`, the patcher's load device this module already runs on."""
+        if "layer" in options:
+            logger.warning("DeepGen's text encoder has no CLIP layers to pick; CLIPSetLastLayer does not apply to it.")
 
     def load_sd(self, state: dict[str, torch.Tensor]) -> Any:
         return self.inner.load_state_dict(state, strict=False)

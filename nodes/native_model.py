@@ -64,9 +64,15 @@ def _comfy_layer_classes(operations: Any) -> tuple[dict[type, type], type]:
     return mapping, modulation
 
 
-def build_dit(*, config: dict, device: Any = None, operations: Any = None, dtype: torch.dtype | None = None, **_: Any) -> DeepGenComfyDiT:
+def build_dit(*, config: dict, device: Any = None, operations: Any = None, dtype: torch.dtype | None = None,
+              compute_dtype: torch.dtype | None = None, **_: Any) -> DeepGenComfyDiT:
     """The `unet_model` factory `BaseModel` calls: an empty (meta) DiT whose layers are `operations`' classes, so
-    that weight casting, fp8 storage and partial loading follow ComfyUI's choice. `load_dit_weights` fills it."""
+    that weight casting, fp8 storage and partial loading follow ComfyUI's choice. The weights of comfy.ops layers
+    get the storage `dtype` (e.g. fp8), everything else (norm weights, biases, the position table) the compute
+    dtype, as ComfyUI's fp8 models keep them; these dtypes are final (newer ComfyUI records them at construction).
+    `load_dit_weights` fills it."""
+    storage = dtype or torch.float32
+    compute = compute_dtype or storage
     with torch.device("meta"):
         dit = DeepGenComfyDiT.from_config(config)
     mapping, modulation = _comfy_layer_classes(operations)
@@ -75,13 +81,17 @@ def build_dit(*, config: dict, device: Any = None, operations: Any = None, dtype
             layer.__class__ = modulation
         elif type(layer) in mapping:
             layer.__class__ = mapping[type(layer)]
-    dit.storage_dtype = dtype or torch.float32
-    return dit
+        for name, param in layer.named_parameters(recurse=False):
+            param.data = param.data.to(storage if name == "weight" and hasattr(layer, "comfy_cast_weights") else compute)
+        for name, buffer in layer.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                layer._buffers[name] = buffer.to(compute)
+    dit.storage_dtype = storage
+    return dit.requires_grad_(False).eval()
 
 
-def load_dit_weights(dit: DeepGenComfyDiT, state: dict[str, torch.Tensor], compute_dtype: torch.dtype, what: str) -> None:
-    """Fill the meta DiT: the weights of comfy.ops layers in the storage dtype (e.g. fp8), everything else (norm
-    weights, biases, the position table) in the compute dtype, as ComfyUI's own fp8 models keep them."""
+def load_dit_weights(dit: DeepGenComfyDiT, state: dict[str, torch.Tensor], what: str) -> None:
+    """Fill the meta DiT with `state`, each tensor cast to the dtype `build_dit` gave its slot."""
     own = dit.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -90,11 +100,7 @@ def load_dit_weights(dit: DeepGenComfyDiT, state: dict[str, torch.Tensor], compu
             f"{what} does not fit DeepGen's DiT: missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {wrong[:4]}. "
             "Pick a DeepGen / SD3.5-M DiT file (models/diffusion_models)."
         )
-    streamed = {f"{name}.weight" for name, layer in dit.named_modules() if hasattr(layer, "comfy_cast_weights") and getattr(layer, "weight", None) is not None}
-    for key in own:
-        target = dit.storage_dtype if key in streamed else compute_dtype
-        state[key] = state[key].to(target) if state[key].is_floating_point() else state[key]
-    dit.load_state_dict(state, assign=True)
+    dit.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, assign=True)
     dit.requires_grad_(False)
 
 
@@ -173,10 +179,10 @@ def native_model(weights: DiTWeights, weight_dtype: str = "default") -> Any:
     storage, manual_cast = model_dtypes(weight_dtype, weights, load_device)
     config = DeepGenModelConfig(weights.config, weights.shift)
     config.set_inference_dtype(storage, manual_cast)
+    config.unet_config["compute_dtype"] = manual_cast or storage  # read by build_dit
     config.optimizations["fp8"] = weight_dtype == "fp8_e4m3fn_fast"
     model = config.get_model()
-    load_dit_weights(model.diffusion_model, dict(weights.state), manual_cast or storage, f"DiT {weights.source.name}")
-    model.diffusion_model.eval()
+    load_dit_weights(model.diffusion_model, weights.state, f"DiT {weights.source.name}")
     patcher = model_patcher.ModelPatcher(model, load_device=load_device, offload_device=model_management.unet_offload_device())
     patcher.add_callback(model_patcher.CallbacksMP.ON_LOAD, _place_remaining_tensors)
     return patcher
