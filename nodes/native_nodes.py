@@ -50,6 +50,14 @@ def vae_choices() -> list[str]:
     return _embedded() + folder_paths.get_filename_list("vae") + _model_folders()
 
 
+def _mtime(key: str, name: str) -> float | None:
+    """Modification time of a model-folder file, so that loaders reload a file overwritten in place."""
+    if name == EMBEDDED or name.endswith("/"):
+        return None
+    path = folder_paths.get_full_path(key, name)
+    return os.path.getmtime(path) if path else None
+
+
 def _release_folder(path: Path) -> bool:
     return path.is_dir() and not is_converted(path)
 
@@ -93,6 +101,10 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, dit_name: str, **_) -> float | None:
+        return _mtime("diffusion_models", dit_name)
+
+    @classmethod
     def execute(cls, dit_name: str, weight_dtype: str = "default") -> io.NodeOutput:
         return io.NodeOutput(native_model(dit_weights(dit_name), weight_dtype))
 
@@ -113,6 +125,10 @@ class DeepGenCLIPLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, clip_name: str, **_) -> float | None:
+        return _mtime("text_encoders", clip_name)
+
+    @classmethod
     def execute(cls, clip_name: str, dtype: str = "auto") -> io.NodeOutput:
         torch_dtype = pick_dtype(dtype, model_management.text_encoder_device())
         tokenizer, encoder = load_encoder(clip_name, torch_dtype)
@@ -130,6 +146,10 @@ class DeepGenVAELoader(io.ComfyNode):
             inputs=[io.Combo.Input("vae_name", options=vae_choices(), tooltip="models/vae: the SD3 VAE (16 latent channels); a DeepGen folder of models/deepgen (name/); or the embedded DeepGen-Tiny's tiny VAE.")],
             outputs=[io.Vae.Output("VAE", display_name="vae", tooltip="A native VAE for VAEEncode / VAEDecode.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, vae_name: str, **_) -> float | None:
+        return _mtime("vae", vae_name)
 
     @classmethod
     def execute(cls, vae_name: str) -> io.NodeOutput:

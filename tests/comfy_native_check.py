@@ -107,6 +107,8 @@ def text_to_image_checks(b: Bench, out: dict) -> tuple:
         out[f"t2i_euler_{scheduler}"] = rel(b.ksample(b.model, pos, neg, scheduler=scheduler), reference)
     out["t2i_shift3_node"] = rel(b.ksample(ModelSamplingSD3().patch(b.model, 3.0)[0], pos, neg), reference)
     out["t2i_shift6_node"] = rel(b.ksample(ModelSamplingSD3().patch(b.model, 6.0)[0], pos, neg), reference)
+    batch = {"samples": torch.zeros(2, 16, 16, 16)}  # KSampler and DeepGen Sampler draw a batch's noise alike
+    out["t2i_batch2"] = rel(b.ksample(b.model, pos, neg, batch), b.one_box(pos, neg, batch))
     for sampler, scheduler in (("dpmpp_2m", "simple"), ("res_multistep", "simple"), ("dpmpp_2m", "karras"), ("uni_pc", "beta"), ("euler_ancestral", "sgm_uniform")):
         image = b.decode(b.ksample(b.model, pos, neg, sampler=sampler, scheduler=scheduler))
         out[f"finite_{sampler}_{scheduler}"] = bool(torch.isfinite(image).all()) and float(image.std()) > 0.01
@@ -145,6 +147,13 @@ def edit_checks(b: Bench, out: dict, reference: torch.Tensor) -> None:
     pos_n, neg_n = (ReferenceLatent.execute(c, encoded).result[0] for c in (pos_e, neg_e))
     out["edit_euler_normal"] = rel(b.ksample(b.model, pos_n, neg_n, encoded, seed=7), edit_reference)
     out["edit_changes_image"] = rel(edit_reference, reference)
+    # two references (the source and its mirror image): the VLM sees both, the DiT gets both latents
+    mirror = source.flip(2)
+    pos_2, neg_2 = conditioning.DeepGenVLMEncode.execute(b.one_box_model, EDIT, "", image_1=source, image_2=mirror).result
+    pos_2r = conditioning.DeepGenReferenceLatent.execute(conditioning.DeepGenReferenceLatent.execute(pos_2, source, b.vae).result[0], mirror, b.vae).result[0]
+    mirror_latent = b.nodes.VAEEncode().encode(b.vae, mirror)[0]
+    pos_2n, neg_2n = (ReferenceLatent.execute(ReferenceLatent.execute(c, encoded).result[0], mirror_latent).result[0] for c in (pos_2, neg_2))
+    out["edit_two_references"] = rel(b.ksample(b.model, pos_2n, neg_2n, encoded, seed=7), b.one_box(pos_2r, neg_2, empty, seed=7))
     pos_c, neg_c = (b.nodes.CLIPTextEncode().encode(b.clip, text)[0] for text in (PROMPT, ""))
     out["clip_marker"] = bool(pos_c[0][1].get("deepgen")) and pos_c[0][1]["pooled_output"].shape == pos_e[0][1]["pooled_output"].shape
     out["clip_into_one_box_vs_native"] = rel(b.one_box(pos_c, neg_c), b.ksample(b.model, pos_c, neg_c))

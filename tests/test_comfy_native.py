@@ -264,6 +264,7 @@ def test_native_model_and_clip_in_real_comfyui(sft_lora, tmp_path):
     r = json.loads(out.read_text())
     # KSampler euler + normal is DeepGen Sampler's schedule (diffusers' sigmas, shift 3): same latents in fp32
     assert r["t2i_euler_normal"] < 1e-4 and r["edit_euler_normal"] < 1e-4 and r["t2i_shift3_node"] < 1e-4, r
+    assert r["t2i_batch2"] < 1e-4 and r["edit_two_references"] < 1e-4, r
     # simple spaces the sigmas 1/N apart instead of (1 - sigma_min)/(N - 1): close, not equal
     assert 1e-4 < r["t2i_euler_simple"] < 0.1 and r["t2i_shift6_node"] > 1e-3, r
     assert all(v is True for k, v in r.items() if k.startswith("finite_")), r
