@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--layout", choices=["safetensors", "diffusers"], default="safetensors", help="safetensors: our three self-describing files; diffusers: the authors' DeepGen-1.0-diffusers folder (LoRA merged into vlm/), docs/loading.md")
 
     from .eval.cli import add_eval_parser
+    from .native_cli import add_lora_parser
     from .rewards.service import add_reward_server_parser
     from .tiny_world.cli import add_tiny_world_parser
     from .train.cli import add_train_parser
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rl_parser(sub)  # `train rl`, in the RL package's own module
     add_reward_server_parser(sub)
     add_tiny_world_parser(sub)
+    add_lora_parser(sub)  # `extract-dit-lora`, for ComfyUI's LoRA loaders
     add_eval_parser(sub)  # `eval`, in the eval package's own module
     return no_abbreviations(parser)
 

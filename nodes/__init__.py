@@ -7,6 +7,7 @@ from ._comfy import ComfyExtension, io
 from .acceleration import DeepGenTorchCompile
 from .conditioning import DeepGenReferenceLatent, DeepGenThinkTokens, DeepGenVLMEncode
 from .loading import DeepGenLoader, register_folder
+from .native_nodes import NATIVE_NODES
 from .rewards import DeepGenOCRReward
 from .rl import DeepGenRolloutPreview
 from .sampling import DeepGenSampler
@@ -14,6 +15,7 @@ from .sampling import DeepGenSampler
 NODES: list[type[io.ComfyNode]] = [
     DeepGenLoader, DeepGenVLMEncode, DeepGenThinkTokens, DeepGenReferenceLatent, DeepGenSampler, DeepGenOCRReward, DeepGenRolloutPreview,
     DeepGenTorchCompile,
+    *NATIVE_NODES,
 ]
 
 register_folder()

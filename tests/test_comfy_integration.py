@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO.parent / "shared" / "tools" / "comfy" / "run_workflow.py"
 COMFY = os.environ.get("COMFYUI_DIR")
 PLACED_MODEL = {"model_name": "deepgen-encoder.safetensors", "transformer_name": "deepgen-transformer.safetensors", "vae_name": "deepgen-vae.safetensors"}
-NODES = "DeepGenLoader,DeepGenVLMEncode,DeepGenThinkTokens,DeepGenReferenceLatent,DeepGenSampler,DeepGenOCRReward,DeepGenRolloutPreview,DeepGenTorchCompile"
+NODES = "DeepGenLoader,DeepGenVLMEncode,DeepGenThinkTokens,DeepGenReferenceLatent,DeepGenSampler,DeepGenOCRReward,DeepGenRolloutPreview,DeepGenTorchCompile,DeepGenDiTLoader,DeepGenCLIPLoader,DeepGenVAELoader,DeepGenTextEncodeEdit"
 
 pytestmark = pytest.mark.skipif(not COMFY or not RUNNER.is_file(), reason="set COMFYUI_DIR to a ComfyUI checkout (and have shared/tools/comfy)")
 

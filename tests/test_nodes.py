@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 REAL_COMFY = os.environ.get("COMFYUI_DIR")
 NODE_IDS = {"DeepGenLoader", "DeepGenVLMEncode", "DeepGenThinkTokens", "DeepGenReferenceLatent", "DeepGenSampler", "DeepGenOCRReward", "DeepGenRolloutPreview",
-            "DeepGenTorchCompile"}
+            "DeepGenTorchCompile", "DeepGenDiTLoader", "DeepGenCLIPLoader", "DeepGenVAELoader", "DeepGenTextEncodeEdit"}
 
 
 @pytest.fixture(scope="module")

@@ -96,8 +96,12 @@ def test_templates_run_the_embedded_model_on_prompts_it_was_trained_on():
     builder = _builder()
     for path in (REPO / "workflows" / "api").glob("*.json"):
         graph = json.loads(path.read_text())
-        loader = next(n["inputs"] for n in graph.values() if n["class_type"] == "DeepGenLoader")
-        assert (loader["model_name"], loader["transformer_name"], loader["vae_name"]) == ("DeepGen-Tiny (embedded)", "(from model)", "(from model)"), path.name
+        loaders = [n["inputs"] for n in graph.values() if n["class_type"] == "DeepGenLoader"]
+        native = [v for n in graph.values() if n["class_type"] in ("DeepGenDiTLoader", "DeepGenCLIPLoader", "DeepGenVAELoader") for k, v in n["inputs"].items() if k.endswith("_name")]
+        assert loaders or native, path.name
+        for loader in loaders:
+            assert (loader["model_name"], loader["transformer_name"], loader["vae_name"]) == ("DeepGen-Tiny (embedded)", "(from model)", "(from model)"), path.name
+        assert set(native) <= {"DeepGen-Tiny (embedded)"}, path.name  # the native stack's loaders (MODEL, CLIP, VAE)
         for node in graph.values():
             sizes = {k: v for k, v in node["inputs"].items() if k in ("width", "height")}
             assert set(sizes.values()) <= {128}, (path.name, node["class_type"])

@@ -38,6 +38,17 @@ NATIVE = {
     "PreviewAny": ([("source", "*")], [], []),
 }
 
+# The native stack's built-in nodes (DeepGen's DiT as MODEL, its VLM + SCB as CLIP). KSampler's seed carries the
+# frontend's control_after_generate widget value, as the DeepGen Sampler's does.
+_SEED = type("SeedWidget", (), {"default": 42, "control_after_generate": True})()
+NATIVE.update({
+    "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                 ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], [("LATENT", "LATENT")], {"seed": _SEED}),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")]),
+    "ReferenceLatent": ([("conditioning", "CONDITIONING"), ("latent", "LATENT")], [], [("CONDITIONING", "CONDITIONING")]),
+})
+
 
 @dataclass
 class Node:
@@ -294,11 +305,56 @@ def ui_path(name: str) -> Path:
     return REPO / "example_workflows" / f"{TITLES.get(name, name)}.json"
 
 
+NATIVE_LOADERS = {"dit_name": "DeepGen-Tiny (embedded)", "weight_dtype": "default", "clip_name": "DeepGen-Tiny (embedded)", "dtype": "auto",
+                  "vae_name": "DeepGen-Tiny (embedded)"}
+# euler + normal is DeepGen Sampler's schedule exactly (diffusers' flow-matching sigmas); see docs/comfyui-native.md
+KSAMPLER = {"seed": SAMPLING["seed"], "steps": SAMPLING["steps"], "cfg": SAMPLING["cfg"], "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+
+
+def _native_loaders() -> list[Node]:
+    """Nodes 1-3: DiT as MODEL, VLM + SCB as CLIP, VAE."""
+    keys = {"DeepGenDiTLoader": ("dit_name", "weight_dtype"), "DeepGenCLIPLoader": ("clip_name", "dtype"), "DeepGenVAELoader": ("vae_name",)}
+    return [Node(i, kind, {k: NATIVE_LOADERS[k] for k in keys[kind]}) for i, kind in enumerate(keys, start=1)]
+
+
+def _native_text_to_image(first_id: int, prompt: str) -> list[Node]:
+    """CLIPTextEncode x2 -> empty latent -> KSampler -> VAEDecode from node `first_id` on (decoded IMAGE: output 0 of
+    the last node)."""
+    pos, neg, empty, sample, decode = range(first_id, first_id + 5)
+    return [
+        Node(pos, "CLIPTextEncode", {"text": prompt}, {"clip": (2, 0)}, title="CLIPTextEncode (positive)"),
+        Node(neg, "CLIPTextEncode", {"text": ""}, {"clip": (2, 0)}, title="CLIPTextEncode (negative)"),
+        Node(empty, "EmptySD3LatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}),
+        Node(sample, "KSampler", KSAMPLER, {"model": (1, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (empty, 0)}),
+        Node(decode, "VAEDecode", {}, {"samples": (sample, 0), "vae": (3, 0)}),
+    ]
+
+
+def native_templates() -> dict[str, list[Node]]:
+    """The native-stack twins of the text-to-image and edit templates: loaders -> CLIPTextEncode / DeepGen Text
+    Encode (edit) -> ReferenceLatent -> KSampler -> VAEDecode."""
+    t2i = [*_native_loaders(), *_native_text_to_image(4, SHAPE_PROMPT), Node(9, "SaveImage", {"filename_prefix": "deepgen_native_t2i"}, {"images": (8, 0)})]
+    edit = [
+        *_native_loaders(),
+        *_native_text_to_image(4, SHAPE_PROMPT),  # the source picture, drawn by the model itself (node 8)
+        Node(9, "DeepGenTextEncodeEdit", {"prompt": EDIT_INSTRUCTION}, {"clip": (2, 0), "image_1": (8, 0)}, title="DeepGen Text Encode (edit, positive)"),
+        Node(10, "DeepGenTextEncodeEdit", {"prompt": ""}, {"clip": (2, 0), "image_1": (8, 0)}, title="DeepGen Text Encode (edit, negative)"),
+        Node(11, "VAEEncode", {}, {"pixels": (8, 0), "vae": (3, 0)}),
+        Node(12, "ReferenceLatent", {}, {"conditioning": (9, 0), "latent": (11, 0)}),
+        Node(13, "ReferenceLatent", {}, {"conditioning": (10, 0), "latent": (11, 0)}),
+        Node(14, "KSampler", KSAMPLER, {"model": (1, 0), "positive": (12, 0), "negative": (13, 0), "latent_image": (11, 0)}),
+        Node(15, "VAEDecode", {}, {"samples": (14, 0), "vae": (3, 0)}),
+        Node(16, "SaveImage", {"filename_prefix": "deepgen_native_edit_source"}, {"images": (8, 0)}),
+        Node(17, "SaveImage", {"filename_prefix": "deepgen_native_edit"}, {"images": (15, 0)}),
+    ]
+    return {"deepgen_native_text_to_image": t2i, "deepgen_native_edit": edit}
+
+
 def render() -> dict[Path, str]:
     """Every template file's path -> its JSON text."""
     specs = {**NATIVE, **_schemas()}
     files = {}
-    for name, nodes in templates().items():
+    for name, nodes in {**templates(), **native_templates()}.items():
         files[ui_path(name)] = json.dumps(to_ui(nodes, specs, LAYOUTS.get(name)), indent=1) + "\n"
         files[REPO / "workflows" / "api" / f"{name}.json"] = json.dumps(to_api(nodes, specs), indent=1) + "\n"
     return files

@@ -52,3 +52,15 @@ def throw_exception_if_processing_interrupted() -> None:
     if interrupt_processing:
         interrupt_processing = False
         raise InterruptProcessingException()
+
+
+def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32), weight_dtype=None):
+    return torch.float32  # a CPU computes in fp32
+
+
+def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32)):
+    return None if weight_dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def load_model_gpu(model) -> None:
+    load_models_gpu([model])

@@ -120,6 +120,7 @@ Latent = _socket("LATENT")
 Conditioning = _socket("CONDITIONING")
 Vae = _socket("VAE")
 Model = _socket("MODEL")
+Clip = _socket("CLIP")
 
 
 class Hidden(str, Enum):
