@@ -1,0 +1,90 @@
+"""float8 (e4m3) weight storage for the DiT's block Linears, and fp8 GEMMs on GPUs with fp8 tensor cores (not exact)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.transformer import ModulationMixin
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+
+
+def _fp8_gemm_available(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+class FP8Linear(nn.Module):
+    """A Linear whose weight is stored in float8 e4m3 with one fp32 scale per output channel.
+
+    On GPUs with fp8 tensor cores (compute capability >= 8.9) the input is quantised per row on the fly and the
+    GEMM is `torch._scaled_mm` with row-wise scales (fp8 inputs, fp32 accumulation, `dtype` output);
+    elsewhere the weight is dequantised to `dtype` for a plain matmul (storage saving only).
+
+    Args:
+        linear: the Linear to replace (its weight is read once).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+        self.register_buffer("weight_fp8", (weight / scale).to(FP8_DTYPE))
+        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out_features) fp32
+        self.bias = linear.bias
+        self.dtype = linear.weight.dtype
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.use_scaled_mm = _fp8_gemm_available(weight.device) and self.in_features % 16 == 0 and self.out_features % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in_features) -> (..., out_features) in the original weight dtype."""
+        rows = x.reshape(-1, self.in_features)
+        if self.use_scaled_mm and x.is_cuda:
+            out = self._scaled_mm(rows)
+        else:
+            weight = self.weight_fp8.to(self.dtype) * self.weight_scale.t().to(self.dtype)
+            out = F.linear(rows.to(self.dtype), weight)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _scaled_mm(self, rows: torch.Tensor) -> torch.Tensor:
+        n = rows.shape[0]
+        pad = (-n) % 16  # cuBLASLt fp8 wants every GEMM dimension a multiple of 16
+        if pad:
+            rows = F.pad(rows, (0, 0, 0, pad))
+        row_scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+        quantised = (rows.float() / row_scale).to(FP8_DTYPE)
+        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=row_scale, scale_b=self.weight_scale, out_dtype=self.dtype)
+        return out[:n] if pad else out
+
+
+class FP8ModulationLinear(ModulationMixin, FP8Linear):
+    """An adaLN modulation Linear (`ModulationMixin`: SiLU inside, precomputed rows) with fp8 weights."""
+
+
+def quantize_fp8(transformer: nn.Module, include_adaln: bool = True) -> int:
+    """Replace every Linear inside the DiT's transformer blocks by an `FP8Linear`; returns how many.
+
+    The embedders, `norm_out` and `proj_out` stay in bf16 (tiny, and closest to the output). `include_adaln`
+    also quantises the per-block adaLN modulation Linears, a third of the DiT's weights (they keep their SiLU and
+    precomputed rows; with `modulation=` tables they run once per image, so fp8 there saves memory, not time).
+    """
+    count = 0
+    for block in transformer.transformer_blocks:
+        for name, module in list(block.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if not isinstance(child, nn.Linear):
+                    continue
+                if not include_adaln and child_name == "linear" and "norm" in name:
+                    continue
+                if isinstance(child, ModulationMixin):
+                    quantised = FP8ModulationLinear(child)
+                    quantised.offset = child.offset
+                else:
+                    quantised = FP8Linear(child)
+                setattr(module, child_name, quantised)
+                count += 1
+    return count
