@@ -28,7 +28,7 @@ from .compilation import (
     save_compile_cache,
     set_block_compile,
 )
-from .fp8 import FP8_DTYPE, FP8_MAX, FP8Linear, FP8ModulationLinear, quantize_fp8
+from .fp8 import FP8_DTYPE, FP8_MAX, FP8Linear, FP8ModulationLinear, quantize_fp8, quantize_fp8_encoder
 from .gelu import FusedGELU, set_gelu_fusion
 from .graphs import DiTGraphRunner, EncoderGraphRunner, causal_padding_mask, weights_fingerprint
 from .qkv import fuse_qkv, fused_qkv_views, reshare_fused_qkv, unfuse_qkv
@@ -38,6 +38,6 @@ __all__ = [
     "ENCODER_BLOCKS", "FP8_DTYPE", "FP8_MAX", "VISION_VARLEN_ATTENTION", "CompileMode", "DiTGraphRunner",
     "EncoderGraphRunner", "FP8Linear", "FP8ModulationLinear", "FusedGELU", "causal_padding_mask", "compile_encoder",
     "compile_encoder_for_training", "compile_transformer", "fuse_qkv", "fused_qkv_views", "load_compile_cache",
-    "quantize_fp8", "reshare_fused_qkv", "save_compile_cache", "set_block_compile", "set_gelu_fusion",
+    "quantize_fp8", "quantize_fp8_encoder", "reshare_fused_qkv", "save_compile_cache", "set_block_compile", "set_gelu_fusion",
     "set_vision_varlen_attention", "unfuse_qkv", "vision_varlen_available", "weights_fingerprint",
 ]
