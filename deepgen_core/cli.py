@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    speed = gen.add_argument_group("speed and memory (GPU; see README 'Speed and memory')")
+    speed = gen.add_argument_group("speed and memory (GPU; see docs/performance.md)")
     speed.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT + fused q/k/v and MLP GELU, varlen vision attention (~45 s once per process, then ~1.6x faster steps; equal within bf16 rounding)")
     speed.add_argument("--compile-cache", type=Path, default=None, help="file to load torch's compile artefacts from (when present) and save them to: later runs skip most of the compile")
     speed.add_argument("--fp8", action="store_true", help="fp8 DiT block weights (half the DiT memory; NOT exact)")
