@@ -12,8 +12,9 @@
   rounding.
 - `gelu`: the MLPs' first GEMM with a GELU epilogue: within bf16 rounding.
 - `vision_attention`: the vision tower's windows in one varlen flash-attention call per layer: within bf16 rounding.
-- `fp8`: the block Linear weights stored in float8 (e4m3, one scale per output channel) and, on GPUs with fp8
-  tensor cores, fp8 GEMMs: NOT exact; halves the DiT's weight memory.
+- `fp8`: the DiT's block Linear weights (`quantize_fp8`) and the encoder's (`quantize_fp8_encoder`) stored in
+  float8 (e4m3, one scale per output channel); fp8 GEMMs on GPUs with fp8 tensor cores only where asked (they pay
+  under compile): NOT exact; halves the weight memory.
 
 Training (`model.compile` of the train config) reuses `compile_transformer` and `compile_encoder_for_training`.
 """
