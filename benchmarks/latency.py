@@ -1,8 +1,7 @@
 """Where the time of one image goes on the fastest inference path, and what each remaining lever gives.
 
-Issue 7's per-image targets (512^2: 0.5 s) are missed by the suite's fastest configuration ('fast, static-shape
-compile': fused q/k/v, regional static compile, CUDA graphs over the DiT, precomputed adaLN modulations). This
-script starts from that configuration and adds one lever at a time, each measured like the suite (5 timed calls
+The suite's fastest configuration ('fast, static-shape compile': fused q/k/v, regional static compile, CUDA graphs
+over the DiT, precomputed adaLN modulations) leaves host and encoder time on the table. This script starts from that configuration and adds one lever at a time, each measured like the suite (5 timed calls
 after a warm-up, encode / DiT / decode split by CUDA events) in one process on the same weights:
 
 - `eager_encoder`: the suite's configuration with the encoder eager (`EncoderGraphRunner` off for this row only);

@@ -51,8 +51,8 @@ def rel_l2(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def reference_images(n: int) -> list[Image.Image]:
-    """`n` seeded grey-noise 512² references. (Until session 10 this used PIL's `Image.effect_noise`, whose unseeded
-    RNG drew a different reference every call: edits compared across variants then differed by their input.)"""
+    """`n` seeded grey-noise 512² references. (Not PIL's `Image.effect_noise`: its unseeded RNG draws a
+    different reference every call, so edits compared across variants would differ by their input.)"""
     rng = np.random.default_rng(0)
     return [Image.fromarray(np.clip(rng.normal(128, 64 + 16 * i, (512, 512)), 0, 255).astype(np.uint8)).convert("RGB") for i in range(n)]
 

@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1, help="images per prompt, 1-256")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    speed = gen.add_argument_group("speed and memory (GPU; see README 'Speed and memory')")
+    speed = gen.add_argument_group("speed and memory (GPU; see docs/performance.md)")
     speed.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT + fused q/k/v and MLP GELU, varlen vision attention (~45 s once per process, then ~1.6x faster steps; equal within bf16 rounding)")
     speed.add_argument("--compile-cache", type=Path, default=None, help="file to load torch's compile artefacts from (when present) and save them to: later runs skip most of the compile")
     speed.add_argument("--fp8", action="store_true", help="fp8 DiT block weights (half the DiT memory; NOT exact)")
+    speed.add_argument("--fp8-encoder", action="store_true", help="fp8 weights for the VLM's decoder layers and vision blocks too (half the encoder memory; NOT exact)")
     speed.add_argument("--offload", choices=["none", "model", "sequential"], default="none", help="model: each component visits the GPU only while it runs (~7 GiB peak at 1024^2); sequential: layer by layer (lowest memory, slowest)")
     speed.add_argument("--vae-tiling", action="store_true", help="decode in 512 px tiles (less memory above 1024^2; seams are blended)")
     speed.add_argument("--no-cuda-graphs", action="store_true", help="run the DiT eagerly instead of replaying CUDA graphs")
@@ -183,7 +184,7 @@ def _speed_switches(pipe, args: argparse.Namespace, device: str) -> None:
     graphs = False if args.no_cuda_graphs or args.offload == "sequential" else "auto"
     pipe.enable_fast_path(cuda_graphs=graphs, compile="regional" if args.compile else None,
                           fuse_projections=args.compile and not args.fp8, fuse_gelu=args.compile or None,
-                          vision_varlen=args.compile or None, fp8=args.fp8)
+                          vision_varlen=args.compile or None, fp8=args.fp8, fp8_encoder=args.fp8_encoder)
     if args.vae_tiling:
         pipe.enable_vae_tiling()
 

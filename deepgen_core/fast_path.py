@@ -25,6 +25,7 @@ from .acceleration import (
     fuse_qkv,
     fused_qkv_views,
     quantize_fp8,
+    quantize_fp8_encoder,
     reshare_fused_qkv,
     set_gelu_fusion,
     set_vision_varlen_attention,
@@ -146,6 +147,7 @@ class FastPathMixin:
         fuse_gelu: bool | None = None,
         compile_vae: bool = False,
         vision_varlen: bool | None = None,
+        fp8_encoder: bool = False,
     ) -> None:
         """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
 
@@ -155,7 +157,10 @@ class FastPathMixin:
             compile: "regional" (per transformer block) or "full" `torch.compile`; the first call of a shape
                 compiles (cache it with `acceleration.save_compile_cache`). Equal within bf16 rounding.
             fuse_projections: one GEMM for q/k/v per stream. Equal within rounding.
-            fp8: float8 weights (and fp8 GEMMs on sm_89+) for the block Linears; not exact, halves DiT weights.
+            fp8: float8 weights for the block Linears (and, with `compile`, fp8 GEMMs on sm_89+); not exact,
+                halves the DiT's weights.
+            fp8_encoder: the same for the VLM's decoder layers and vision blocks (`quantize_fp8_encoder`); not
+                exact, halves the encoder's weights. Irreversible, like `fp8`.
             attention_backend: a diffusers attention backend name (`native`, `_native_cudnn`, `_native_flash`,
                 `_native_efficient`, `flash` with flash-attn installed); None keeps the current one.
             compile_kwargs: extra `torch.compile` arguments for the DiT.
@@ -187,7 +192,10 @@ class FastPathMixin:
         if fuse_gelu is not None:
             logger.info("%s the GELU of %d MLPs", "fused" if fuse_gelu else "unfused", set_gelu_fusion(self.transformer, fuse_gelu))
         if fp8:
-            logger.info("stored %d DiT Linear weights in float8", quantize_fp8(self.transformer))
+            # fp8 GEMMs only under compile: eager, the per-GEMM activation quantisation costs more than they save
+            logger.info("stored %d DiT Linear weights in float8", quantize_fp8(self.transformer, fp8_gemm=compile is not None))
+        if fp8_encoder:
+            logger.info("stored %d encoder Linear weights in float8", quantize_fp8_encoder(self.encoder))
         if compile is not None:
             compile_transformer(self.transformer, compile, **(compile_kwargs or {}))
         if compile_encoder_blocks:

@@ -116,6 +116,22 @@ def test_fp8_pipeline_runs_close_to_bf16_path():
     assert ((out - expected).norm() / expected.norm()).item() < 0.05
 
 
+def test_fp8_encoder_quantises_vlm_and_vision_linears_and_stays_close():
+    pipe = _pipe()
+    expected = _latents(pipe, steps=2)
+    vlm = pipe.encoder.vlm
+    decoder = sum(type(m) is torch.nn.Linear for layer in vlm.language_model.layers for m in layer.modules())
+    vision = sum(type(m) is torch.nn.Linear for block in vlm.visual.blocks for m in block.modules())
+    embeds = vlm.language_model.embed_tokens.weight
+    pipe.enable_fast_path(fp8_encoder=True)
+    quantised = [m for m in pipe.encoder.modules() if isinstance(m, FP8Linear)]
+    assert len(quantised) == decoder + vision and decoder > 0 and vision > 0
+    assert vlm.language_model.embed_tokens.weight is embeds  # the embedding table stays as it was
+    out = _latents(pipe, steps=2)
+    assert not torch.equal(out, expected)  # the encoder's GEMMs did change...
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05  # ...within e4m3 rounding of its weights
+
+
 def test_quantize_fp8_can_keep_adaln_in_full_precision():
     transformer = tiny_transformer()
     total = quantize_fp8(transformer, include_adaln=False)

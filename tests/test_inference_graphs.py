@@ -189,13 +189,14 @@ def _reference_pixels(pipe: DeepGenPipeline):
 @torch.no_grad()
 def test_vision_varlen_attention_routes_every_window_layer_and_switches_back(monkeypatch):
     from deepgen_core import acceleration
+    from deepgen_core.acceleration import vision_attention
 
     pipe = _pipe()
     refs = _reference_pixels(pipe)
     expected = pipe.encode_reference_tokens(refs).embeds
     windows = []
-    original = acceleration._vision_varlen_attention
-    monkeypatch.setattr(acceleration, "_vision_varlen_attention", lambda *a, **k: (windows.append(len(k["cu_seq_lens_q"]) - 1), original(*a, **k))[1])
+    original = vision_attention._vision_varlen_attention
+    monkeypatch.setattr(vision_attention, "_vision_varlen_attention", lambda *a, **k: (windows.append(len(k["cu_seq_lens_q"]) - 1), original(*a, **k))[1])
     assert set_vision_varlen_attention(pipe.encoder)
     ours = pipe.encode_reference_tokens(refs).embeds
     assert len(windows) == pipe.encoder.vlm.visual.config.depth and max(windows) > 1  # every layer, windowed ones too

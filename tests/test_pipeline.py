@@ -197,7 +197,7 @@ def test_cli_speed_switches_reach_the_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(acceleration, "save_compile_cache", lambda path: saved.append(path))
     cache = tmp_path / "compile.bin"
     assert main([*base, "--compile", "--compile-cache", str(cache), "--out", str(tmp_path / "fast.png")]) == 0
-    assert seen == {"cuda_graphs": "auto", "compile": "regional", "fuse_projections": True, "fuse_gelu": True, "vision_varlen": True, "fp8": False} and saved == [cache]
+    assert seen == {"cuda_graphs": "auto", "compile": "regional", "fuse_projections": True, "fuse_gelu": True, "vision_varlen": True, "fp8": False, "fp8_encoder": False} and saved == [cache]
 
 
 @pytest.fixture

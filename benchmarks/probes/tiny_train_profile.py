@@ -2,7 +2,7 @@
 recipe's stage 1, latent cache included), plus, with --ocr, the OCR reward's cost per image (sequential vs a
 thread pool). Writes nothing but stdout.
 
-    python3 benchmarks/tiny_train_profile.py [STEPS] [MICRO_BATCH] [--ocr]
+    python3 benchmarks/probes/tiny_train_profile.py [STEPS] [MICRO_BATCH] [--ocr]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Read words through a stage-3 run's checkpoints: where along the run did held-out words (and a pair's training prompts) move?
 
-    python3 benchmarks/tiny_checkpoint_scan.py --seed-model deepgen_core/assets/deepgen-tiny --run /tmp/bg/A --run /tmp/bg/B \
+    python3 benchmarks/probes/tiny_checkpoint_scan.py --seed-model deepgen_core/assets/deepgen-tiny --run /tmp/bg/A --run /tmp/bg/B \
         --pairs black/green,green/black --out scan.jsonl
 
 For the seed model (step 0) and every `--every`-th checkpoint of each `--run` (`<run>/checkpoints/step-*/trainable.safetensors`
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from safetensors.torch import load_file
 from deepgen_core.pipeline import DeepGenPipeline
 from deepgen_core.rewards.ocr import OCRReward
 from deepgen_core.tiny_world.sampling import heldout_texts
-from tiny_text_errors import exact_reads, read_pair_training_prompts  # this folder's script (python puts it first on sys.path)
+sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/, for tiny_text_errors
+from tiny_text_errors import exact_reads, read_pair_training_prompts  # noqa: E402
 
 PREFIX = "inner.transformer."  # the RL model's trainable keys (DeepGenTrainModel wraps the DiT as `inner.transformer`)
 

@@ -4,10 +4,10 @@ A device call lasts at most 10 minutes, but a machine stays held while calls kee
 in its own session (`setsid`) outlives the call that started it. So one call starts the variants, later calls poll
 them, and the last one evaluates every variant's export on the held-out split and copies the results to OUT:
 
-    python3 benchmarks/tiny_background.py start --seed-model .devcarry/s2prev --variant 'v1:sft:micro_batch_size=1024' ...
-    python3 benchmarks/tiny_background.py poll --wait 540
-    python3 benchmarks/tiny_background.py finish --out-dir $OUT
-    python3 benchmarks/tiny_background.py eval --tasks t2i,edit,text MODEL_FOLDER ...   (any time, any machine)
+    python3 benchmarks/probes/tiny_background.py start --seed-model .devcarry/s2prev --variant 'v1:sft:micro_batch_size=1024' ...
+    python3 benchmarks/probes/tiny_background.py poll --wait 540
+    python3 benchmarks/probes/tiny_background.py finish --out-dir $OUT
+    python3 benchmarks/probes/tiny_background.py eval --tasks t2i,edit,text MODEL_FOLDER ...   (any time, any machine)
 
 A variant is `NAME:STAGE:OVERRIDE;OVERRIDE;...` over the shipped tiny recipe of that stage (`sft` -> stage2.yaml,
 `pretrain` -> stage1.yaml, `rl` -> stage3.yaml); its model source defaults to the seed model. `NAME:STAGE@OTHER:...`
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = {"sft": "stage2.yaml", "pretrain": "stage1.yaml", "rl": "stage3.yaml"}
 
 

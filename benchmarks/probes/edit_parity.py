@@ -1,12 +1,12 @@
 """Fast path against plain path against fp32, over whole 50-step trajectories (GPU, real size, random weights).
 
-Session 5's suite found the fast path's final edit latents 0.12 (relative L2) from the reference-maths baseline, against
+The suite once found the fast path's final edit latents 0.12 (relative L2) from the reference-maths baseline, against
 0.012 for text-to-image, while one DiT forward of either path is as close to fp32 as the other. This settles whether
 that is the fast path or bf16 itself: every variant renders the same seeded edit (1 reference) and text-to-image at
 512², and each final latent is compared with an fp32 run of the same weights (built from the same seed in fp32 and
 rounded to bf16 for the others), and with each other:
 
-    python3 benchmarks/edit_parity.py --out DIR [--steps 50]
+    python3 benchmarks/probes/edit_parity.py --out DIR [--steps 50]
 
 Variants: `baseline` (reference maths: dense mask per call, `baseline.py`), `plain` (eager, no graphs), `graphs`
 (CUDA graphs), `fast` (fused q/k/v + regional compile + graphs), `fp32` (plain, fp32 weights and activations).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from baseline import use_reference_attention
 from measure import Scenario, generate, rel_l2

@@ -4,8 +4,8 @@ A quick check of an RL setting before spending device time on it: the shipped `t
 with inline prompts (OCR reward only, one worker), fp32 on the CPU, printing every step's mean reward, KL and
 gradient norm. `--lr 0` is the control (rewards as the start model draws them, without updates):
 
-    python3 benchmarks/tiny_rl_probe.py --lr 1e-5 --kl-beta 0 --steps 30
-    python3 benchmarks/tiny_rl_probe.py --lr 0 --steps 30
+    python3 benchmarks/probes/tiny_rl_probe.py --lr 1e-5 --kl-beta 0 --steps 30
+    python3 benchmarks/probes/tiny_rl_probe.py --lr 0 --steps 30
 
 About 11 s a step on 2 cores with the default 2 prompts x 8 images.
 """
@@ -24,8 +24,8 @@ from deepgen_core.presets import deepgen_tiny_dir
 from deepgen_core.train.rl.config import load_rl_config
 from deepgen_core.train.rl.trainer import RLTrainer
 
-RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny" / "stage3.yaml"
-# Training-split (word, colour, background) combinations the session-7/8 models misread in some rollouts.
+RECIPE = Path(__file__).resolve().parents[2] / "train" / "recipes" / "tiny" / "stage3.yaml"
+# Training-split (word, colour, background) combinations earlier DeepGen-Tiny models misread in some rollouts.
 PROMPTS = ('the word "EGG" in white letters on a blue background', '"MAP" written in white on a blue background')
 
 
