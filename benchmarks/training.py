@@ -67,7 +67,7 @@ STAGE2_VARIANTS = {
     "bf16_compiled_ckpt_off": {"checkpointing": False, "compile": True, "precision": "bf16"},
     # torch.compile's mode "reduce-overhead": each compiled region also replays as a CUDA graph (cudagraph trees).
     # Opt-in (not in DEFAULT_VARIANTS): on the H100 with torch 2.11+cu130 the process segfaulted in its first step
-    # (benchmarks/results/h100-session12/training_cudagraphs_segfault.txt).
+    # (benchmarks/results/2026-11-23-h100-compile-toggle-fp8/training_cudagraphs_segfault.txt).
     # `train.graphs` (`model.cuda_graphs`): the DiT call and the encoder core replayed as CUDA graphs (forward and
     # backward), eager or compiled inside (compiled: the trainer's capturable set, DiT blocks and VLM MLPs and
     # norms); autocast runs without its weight-cast cache (make_graphed_callables' requirement).

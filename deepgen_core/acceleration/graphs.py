@@ -62,7 +62,7 @@ def _capture_graph(forward: Callable[[Sequence[torch.Tensor]], object], flat: Se
 # Not torch's `make_graphed_callables` (training uses it, `train.graphs`) nor torch.compile's "reduce-overhead" mode:
 # the first captures one fixed input signature with autograd, and inference here needs a graph per image size kept
 # alive across calls and dropped when weights move (offload, LoRA); the second needs the DiT compiled, and it
-# segfaulted the training step on the H100 with torch 2.11 (benchmarks/results/h100-session12/).
+# segfaulted the training step on the H100 with torch 2.11 (benchmarks/results/2026-11-23-h100-compile-toggle-fp8/).
 class DiTGraphRunner:
     """Runs `DeepGenSD3Transformer.forward` as a replayed CUDA graph, one graph per input signature.
 
