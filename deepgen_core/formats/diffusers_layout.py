@@ -32,7 +32,7 @@ from ..config import REFERENCE_TEMPLATE_KEYS, DeepGenConfig, PromptTemplate, tem
 from ..errors import CheckpointError
 from ..models.tiny_vae import DeepGenTinyVAE
 from ..models.transformer import DeepGenSD3Transformer
-from .files import honour_umask
+from .files import honour_umask, load_pretrained_folder
 from .vlm import load_vlm, vlm_config_dict, vlm_hub_state
 
 logger = logging.getLogger(__name__)
@@ -165,14 +165,7 @@ def load_diffusers_layout(
 
 
 def _load_diffusers_model(cls, folder: Path, dtype: torch.dtype):
-    try:
-        return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{folder} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); a file may be truncated: download it again.") from None
-    except Exception as exc:  # safetensors' SafetensorError for a damaged file (no importable base class)
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        raise CheckpointError(f"{folder}: a weights file is damaged ({exc}); download it again.") from None
+    return load_pretrained_folder(lambda: cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True), str(folder))
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -1,4 +1,4 @@
-"""File permissions of what DeepGen writes.
+"""Files DeepGen reads and writes: `from_pretrained` errors in one sentence, and the permissions of written files.
 
 safetensors (and so `save_pretrained`) creates files with mode 0600 whatever the umask, which hides converted and
 exported weights from a ComfyUI running as another user. Written files get the mode a plain `open()` would give:
@@ -8,7 +8,13 @@ exported weights from a ComfyUI running as another user. Written files get the m
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from ..errors import CheckpointError
+
+T = TypeVar("T")
 
 
 def default_file_mode(folder: str | Path) -> int:
@@ -30,3 +36,16 @@ def honour_umask(*paths: str | Path) -> None:
         for file in files:
             mode = modes.setdefault(file.parent, default_file_mode(file.parent))
             os.chmod(file, mode)
+
+
+def load_pretrained_folder(load: Callable[[], T], what: str) -> T:
+    """`load()` (a library's `from_pretrained` on a local folder), its failures turned into one `CheckpointError`
+    sentence that names `what` (the folder) and the fix."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{what} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); a file may be truncated: download it again.") from None
+    except Exception as exc:  # safetensors' SafetensorError for a damaged file (no importable base class)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"{what}: a weights file is damaged ({exc}); download it again.") from None

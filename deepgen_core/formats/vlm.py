@@ -16,6 +16,7 @@ import torch
 from transformers import Qwen2_5_VLModel
 
 from ..errors import CheckpointError
+from .files import load_pretrained_folder
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
@@ -38,14 +39,10 @@ def load_vlm(folder: str | Path, dtype: torch.dtype, attn_implementation: str) -
             f"VLM folder {folder} holds no weights (no *.safetensors): the download is incomplete; fetch the "
             "model-*.safetensors files (and model.safetensors.index.json) into it."
         )
-    try:
-        return Qwen2_5_VLModel.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"VLM folder {folder} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); a file may be truncated: download it again.") from None
-    except Exception as exc:  # safetensors' SafetensorError for a damaged shard (no importable base class)
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        raise CheckpointError(f"VLM folder {folder}: a weights file is damaged ({exc}); download it again.") from None
+    return load_pretrained_folder(
+        lambda: Qwen2_5_VLModel.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True),
+        f"VLM folder {folder}",
+    )
 
 
 def vlm_hub_state(vlm: Qwen2_5_VLModel) -> dict[str, torch.Tensor]:
