@@ -121,3 +121,14 @@ def test_templates_run_the_embedded_model_on_prompts_it_was_trained_on():
     assert edit[encoders[builder.EDIT_INSTRUCTION]]["inputs"]["image_1"] == reference["image"] and edit[source]["class_type"] == "VAEDecode"
     sampler = edit[edit[source]["inputs"]["samples"][0]]["inputs"]
     assert sampler["positive"] == [encoders[builder.SHAPE_PROMPT], 0]
+
+
+def test_every_template_has_a_thumbnail_and_a_renderer():
+    spec = importlib.util.spec_from_file_location("workflow_thumbnails", REPO / "workflows" / "thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    builder = _builder()
+    names = {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
+    assert set(thumbnails.RENDERERS) == names
+    missing = [n for n in names if not builder.ui_path(n).with_suffix(".jpg").is_file()]
+    assert not missing, f"run `python workflows/thumbnails.py --only {' '.join(missing)}` against a real ComfyUI"
