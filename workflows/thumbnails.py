@@ -4,8 +4,9 @@ running the template itself, as shipped on the embedded DeepGen-Tiny, in a real 
     python workflows/thumbnails.py --comfy-dir /path/to/ComfyUI --python /path/to/comfy/python \
         --runner /path/to/run_workflow.py
 
-(`--only NAME ...` renders some templates only.) The runner is a headless driver (start a server with this pack, queue API workflows, fetch the images); the multi-
-reference template's input (both references) is a picture of DeepGen-Tiny's training world.
+`--only NAME ...` renders some templates only. The runner is a headless driver (start a server with this pack, queue
+API workflows, fetch the images); the multi-reference template's input (both references) is a picture of
+DeepGen-Tiny's training world.
 """
 
 from __future__ import annotations
