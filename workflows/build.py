@@ -313,7 +313,7 @@ LAYOUTS |= {
         f"### Native text to image\nDeepGen as ordinary ComfyUI models: the DiT as MODEL, the VLM + SCB as CLIP. "
         f"CLIPTextEncode gives DeepGen conditioning, KSampler (euler + normal: DeepGen Sampler's schedule) samples it. {NATIVE_TINY}"),
     "deepgen_native_edit": Layout(
-        [[[1, 2, 3], [4, 5], [6], [7], [8, 16]], [[NOTE], [9, 10], [11, 12, 13], [14], [15, 17]]],
+        [[[1, 2, 3], [4, 5], [6], [7], [8, 16]], [[NOTE], [9], [10], [11, 12, 13], [14], [15, 17]]],
         [("Models (MODEL, CLIP, VAE)", "model", [1, 2, 3]), ("1. Draw a source image", "prompt", [4, 5, 6, 7, 8, 16]),
          ("2. Edit it", "sample", [9, 10, 11, 12, 13, 14, 15, 17])],
         f"### Native image edit\nRow 1 draws the picture to edit. Row 2 encodes the instruction **and** the negative with the "
