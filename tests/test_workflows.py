@@ -42,7 +42,8 @@ def test_templates_are_up_to_date_with_the_node_schemas():
     assert not stale, f"run `python workflows/build.py`: out of date: {stale}"
     names = {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
     assert {p.name for p in (REPO / "example_workflows").glob("*.json")} == {builder.ui_path(n).name for n in names}
-    assert names >= {"deepgen_rl_rollout_preview", "deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr"}
+    assert names >= {"deepgen_rl_rollout_preview", "deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr",
+                     "deepgen_native_text_to_image", "deepgen_native_edit"}
     assert not list((REPO / "workflows").glob("*.json"))  # ComfyUI would list UI files there too
 
 
