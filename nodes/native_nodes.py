@@ -25,6 +25,13 @@ from .native_model import WEIGHT_DTYPES, native_model
 CLIP_DTYPES = ["auto", "bf16", "fp32"]
 
 
+def unknown_choice(name: str, value: str, options: list[str]) -> str | None:
+    """The message for a combo value that is not an option, else None. ComfyUI does not check V3 combo values
+    itself, so the nodes' `validate_inputs` (named inputs only: ComfyUI keeps its range checks for the others) and
+    `execute` use this."""
+    return None if value in options else f"{name} {value!r} is not available; choose one of {options}."
+
+
 def _model_folders() -> list[str]:
     """Converted or release DeepGen folders under models/deepgen, as `name/`."""
     names = set()
@@ -101,6 +108,10 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight_dtype: str = "default") -> bool | str:
+        return unknown_choice("weight_dtype", weight_dtype, list(WEIGHT_DTYPES)) or True
+
+    @classmethod
     def fingerprint_inputs(cls, dit_name: str, **_) -> float | None:
         return _mtime("diffusion_models", dit_name)
 
@@ -125,11 +136,17 @@ class DeepGenCLIPLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, dtype: str = "auto") -> bool | str:
+        return unknown_choice("dtype", dtype, CLIP_DTYPES) or True
+
+    @classmethod
     def fingerprint_inputs(cls, clip_name: str, **_) -> float | None:
         return _mtime("text_encoders", clip_name)
 
     @classmethod
     def execute(cls, clip_name: str, dtype: str = "auto") -> io.NodeOutput:
+        if message := unknown_choice("dtype", dtype, CLIP_DTYPES):
+            raise DeepGenInputError(message)
         torch_dtype = pick_dtype(dtype, model_management.text_encoder_device())
         tokenizer, encoder = load_encoder(clip_name, torch_dtype)
         return io.NodeOutput(native_clip(encoder.eval(), tokenizer, torch_dtype))
@@ -179,6 +196,10 @@ class DeepGenTextEncodeEdit(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output("CONDITIONING", display_name="conditioning", tooltip="DeepGen conditioning (sequence + pooled_output), with reference_latents when `vae` is given.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, reference_resize: str = "dynamic") -> bool | str:
+        return unknown_choice("reference_resize", reference_resize, RESIZE_POLICIES) or True
 
     @classmethod
     def execute(cls, clip, prompt: str, image_1=None, image_2=None, image_3=None, image_4=None, vae=None,

@@ -249,6 +249,19 @@ def test_native_encoders_check_prompts_and_sizes_before_the_vlm_runs(pack, nativ
         node.execute(clip, "make the circle green", image_1=image, reference_resize="crop")
 
 
+def test_native_combos_are_checked_when_queued_and_when_run(pack):
+    """ComfyUI does not check V3 combo values: the native nodes' validate_inputs do (and execute, for API callers)."""
+    nodes = pack.nodes.native_nodes
+    assert nodes.DeepGenDiTLoader.validate_inputs(weight_dtype="fp8_e4m3fn") is True
+    assert nodes.DeepGenDiTLoader.validate_inputs(weight_dtype="fp4") == "weight_dtype 'fp4' is not available; choose one of ['default', 'bf16', 'fp8_e4m3fn', 'fp8_e4m3fn_fast']."
+    assert nodes.DeepGenCLIPLoader.validate_inputs() is True and "dtype 'fp16' is not available" in nodes.DeepGenCLIPLoader.validate_inputs(dtype="fp16")
+    assert nodes.DeepGenTextEncodeEdit.validate_inputs(reference_resize="crop").startswith("reference_resize 'crop' is not available")
+    with pytest.raises(ValueError, match="^dtype 'fp16' is not available; choose one of"):
+        nodes.DeepGenCLIPLoader.execute(EMBEDDED, "fp16")
+    with pytest.raises(ValueError, match="^weight_dtype 'fp4' is not available; choose one of"):
+        nodes.DeepGenDiTLoader.execute(EMBEDDED, "fp4")
+
+
 def test_edit_encode_names_a_clip_that_is_not_deepgens(pack):
     stock = type("CLIP", (), {"tokenizer": type("SD1Tokenizer", (), {})()})()
     with pytest.raises(ValueError, match=r"clip is not DeepGen's CLIP \(its tokenizer is a SD1Tokenizer\); load it with DeepGen CLIP Loader"):
