@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..deepgen_core.errors import DeepGenInputError
 from ..deepgen_core.image_processing import prepare_reference
 from ..deepgen_core.pipeline import DeepGenPipeline
+from ..deepgen_core.validation import check_number, check_prompts
 from ._comfy import comfy_sd, model_management, model_patcher
+from .conditioning import DEEPGEN_MARKER, RESIZE_POLICIES
 from .model import ManagedModule, _place_remaining_tensors, use_comfy_layers
 
 logger = logging.getLogger(__name__)
 
-DEEPGEN_MARKER = "deepgen"  # the conditioning key by which DeepGen Sampler recognises DeepGen conditioning
 TOKENS_KEY = "deepgen"
 
 
@@ -39,10 +41,25 @@ class DeepGenPrompt:
 
 class DeepGenTokenizer:
     """The `tokenizer` of DeepGen's CLIP. Extra `tokenize` keywords (`images`, `reference_resize`,
-    `reference_size`) reach it through `CLIP.tokenize(text, **kwargs)`, as Qwen-Image's `images=` does."""
+    `reference_size`, `input_name`) reach it through `CLIP.tokenize(text, **kwargs)`, as Qwen-Image's `images=` does.
+
+    Tokenizing checks what the DeepGen VLM Encode node checks, before the encoder loads: the prompt spells none
+    of the model's control tokens and fits the token limit, and the resize settings are valid. `input_name` is
+    the widget the errors name (CLIPTextEncode's `text` by default)."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer  # the VLM's (Hugging Face) tokenizer, for the prompt checks
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, images: list[Image.Image] | None = None,
-                              reference_resize: str = "dynamic", reference_size: int = 512, **_: Any) -> dict[str, list[DeepGenPrompt]]:
+                              reference_resize: str = "dynamic", reference_size: int = 512, input_name: str = "text",
+                              **_: Any) -> dict[str, list[DeepGenPrompt]]:
+        if not isinstance(text, str):
+            raise DeepGenInputError(f"{input_name} must be a string, got {type(text).__name__}.")
+        if self.tokenizer is not None:
+            check_prompts(self.tokenizer, [text], input_name)
+        if reference_resize not in RESIZE_POLICIES:
+            raise DeepGenInputError(f"reference_resize {reference_resize!r} is not a resize policy; choose one of {RESIZE_POLICIES}.")
+        reference_size = check_number("reference_size", reference_size, hint="The reference resizes to 512.")
         return {TOKENS_KEY: [DeepGenPrompt(text, list(images or []), reference_resize, reference_size)]}
 
     def state_dict(self) -> dict:
@@ -89,7 +106,7 @@ def native_clip(encoder: torch.nn.Module, tokenizer: Any, dtype: torch.dtype) ->
     use_comfy_layers(encoder)
     clip = comfy_sd.CLIP(no_init=True)
     clip.cond_stage_model = module
-    clip.tokenizer = DeepGenTokenizer()
+    clip.tokenizer = DeepGenTokenizer(tokenizer)
     clip.patcher = model_patcher.ModelPatcher(module, load_device=load_device, offload_device=model_management.text_encoder_offload_device())
     clip.patcher.add_callback(model_patcher.CallbacksMP.ON_LOAD, _place_remaining_tensors)
     clip.patcher.is_clip = True

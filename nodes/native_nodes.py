@@ -19,10 +19,17 @@ from ..deepgen_core.native_dit import DiTWeights, read_dit
 from ._comfy import folder_paths, io, model_management, node_helpers
 from .conditioning import MAX_REFERENCES, RESIZE_POLICIES, RESIZE_TOOLTIP
 from .loading import EMBEDDED, FOLDER, FROM_MODEL, _is_model_folder, load_components, load_vae, pick_dtype, resolve_model
-from .native_clip import native_clip
+from .native_clip import DeepGenTokenizer, native_clip
 from .native_model import WEIGHT_DTYPES, native_model
 
 CLIP_DTYPES = ["auto", "bf16", "fp32"]
+
+
+def unknown_choice(name: str, value: str, options: list[str]) -> str | None:
+    """The message for a combo value that is not an option, else None. ComfyUI does not check V3 combo values
+    itself, so the nodes' `validate_inputs` (named inputs only: ComfyUI keeps its range checks for the others) and
+    `execute` use this."""
+    return None if value in options else f"{name} {value!r} is not available; choose one of {options}."
 
 
 def _model_folders() -> list[str]:
@@ -101,6 +108,10 @@ class DeepGenDiTLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight_dtype: str = "default") -> bool | str:
+        return unknown_choice("weight_dtype", weight_dtype, list(WEIGHT_DTYPES)) or True
+
+    @classmethod
     def fingerprint_inputs(cls, dit_name: str, **_) -> float | None:
         return _mtime("diffusion_models", dit_name)
 
@@ -125,11 +136,17 @@ class DeepGenCLIPLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, dtype: str = "auto") -> bool | str:
+        return unknown_choice("dtype", dtype, CLIP_DTYPES) or True
+
+    @classmethod
     def fingerprint_inputs(cls, clip_name: str, **_) -> float | None:
         return _mtime("text_encoders", clip_name)
 
     @classmethod
     def execute(cls, clip_name: str, dtype: str = "auto") -> io.NodeOutput:
+        if message := unknown_choice("dtype", dtype, CLIP_DTYPES):
+            raise DeepGenInputError(message)
         torch_dtype = pick_dtype(dtype, model_management.text_encoder_device())
         tokenizer, encoder = load_encoder(clip_name, torch_dtype)
         return io.NodeOutput(native_clip(encoder.eval(), tokenizer, torch_dtype))
@@ -181,13 +198,21 @@ class DeepGenTextEncodeEdit(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, reference_resize: str = "dynamic") -> bool | str:
+        return unknown_choice("reference_resize", reference_resize, RESIZE_POLICIES) or True
+
+    @classmethod
     def execute(cls, clip, prompt: str, image_1=None, image_2=None, image_3=None, image_4=None, vae=None,
                 reference_resize: str = "dynamic", reference_size: int = 512) -> io.NodeOutput:
+        if not isinstance(getattr(clip, "tokenizer", None), DeepGenTokenizer):
+            kind = type(getattr(clip, "tokenizer", clip)).__name__
+            raise DeepGenInputError(f"clip is not DeepGen's CLIP (its tokenizer is a {kind}); load it with DeepGen CLIP Loader (the VLM + SCB file).")
         batches = [(i, b) for i, b in enumerate((image_1, image_2, image_3, image_4), start=1) if b is not None]
         images = [img for i, batch in batches for img in channels_last_to_pil(batch, name=f"image_{i}")]
         if not images:
             raise DeepGenInputError("DeepGen Text Encode (edit) got no image: connect at least image_1, or use CLIPTextEncode for text-to-image.")
-        tokens = clip.tokenize(prompt, images=images, reference_resize=reference_resize, reference_size=reference_size)
+        # the tokenizer checks the prompt (control tokens, token limit) and the resize settings before the VLM loads
+        tokens = clip.tokenize(prompt, images=images, reference_resize=reference_resize, reference_size=reference_size, input_name="prompt")
         conditioning = clip.encode_from_tokens_scheduled(tokens)
         if vae is not None:
             latents = [vae.encode(to_channels_last(prepare_reference(img, reference_resize, reference_size, name=f"reference image {k}")))

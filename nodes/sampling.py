@@ -27,7 +27,7 @@ def unpack_conditioning(conditioning, name: str) -> tuple[torch.Tensor, torch.Te
         width = sequence.shape[-1] if isinstance(sequence, torch.Tensor) else "?"
         raise DeepGenInputError(
             f"{name} is not DeepGen conditioning (a {width}-wide sequence without the {DEEPGEN_MARKER!r} marker, e.g. from CLIPTextEncode "
-            f"over a CLIP/T5 model). Connect the {name} output of DeepGen VLM Encode (stock nodes that keep the entry's keys, such as "
+            f"over a CLIP/T5 model). Connect the {name} output of DeepGen VLM Encode, or CLIPTextEncode over DeepGen CLIP Loader's CLIP (stock nodes that keep the entry's keys, such as "
             f"ReferenceLatent or ConditioningZeroOut, may sit in between).")
     pooled = extras.get("pooled_output")
     if pooled is None:

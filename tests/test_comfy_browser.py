@@ -103,7 +103,8 @@ def _run(page, timeout_ms: int = 300_000) -> None:
 
 def test_template_browser_lists_titled_templates_with_thumbnails(page, server, shots):
     names = _templates(server)
-    assert set(names) >= {"DeepGen Text to Image", "DeepGen Image Edit", "DeepGen Multi-Reference Edit", "DeepGen Text Rendering with OCR Score", "DeepGen RL Rollout Preview"}
+    assert set(names) >= {"DeepGen Text to Image", "DeepGen Image Edit", "DeepGen Multi-Reference Edit", "DeepGen Text Rendering with OCR Score", "DeepGen RL Rollout Preview",
+                          "DeepGen Native Text to Image", "DeepGen Native Image Edit"}
     for name in names:  # the thumbnail URL the frontend builds
         thumbnail = urllib.request.urlopen(f"{server}/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.jpg")
         assert thumbnail.status == 200 and thumbnail.headers["Content-Type"] == "image/jpeg"

@@ -229,6 +229,45 @@ def test_edit_encode_sends_images_to_the_vlm_and_optionally_appends_reference_la
     assert latent.shape == (1, 16, 8, 12) and torch.equal(with_refs[0][0], plain[0][0])
 
 
+def test_native_encoders_check_prompts_and_sizes_before_the_vlm_runs(pack, native, monkeypatch):
+    """The checks DeepGen VLM Encode makes (control tokens, the 1,024-token limit, the resize settings) happen at
+    tokenize time, named by the node's own input, before the encoder is loaded or run."""
+    _, clip = native
+    node = pack.nodes.native_nodes.DeepGenTextEncodeEdit
+    assert clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))[0][1][pack.nodes.conditioning.DEEPGEN_MARKER] is True
+    monkeypatch.setattr(type(clip.cond_stage_model), "encode_token_weights", lambda *a: (_ for _ in ()).throw(AssertionError("the VLM ran")))
+    image = torch.rand(1, 64, 64, 3)
+    with pytest.raises(ValueError, match="^text has .* tokens; DeepGen reads at most 1024"):
+        clip.tokenize("a red circle " * 2000)  # CLIPTextEncode's widget is `text`
+    with pytest.raises(ValueError, match=r"^prompt contains the model's control token\(s\) \['<\|image_pad\|>'\]"):
+        node.execute(clip, "make it <|image_pad|> green", image_1=image)
+    with pytest.raises(ValueError, match="^prompt has .* tokens"):
+        node.execute(clip, "make the circle green " * 2000, image_1=image)
+    with pytest.raises(ValueError, match=r"^reference_size must be an integer >= 32 and <= 8192, got 0; the nearest valid value is 32"):
+        node.execute(clip, "make the circle green", image_1=image, reference_size=0)
+    with pytest.raises(ValueError, match="^reference_resize 'crop' is not a resize policy"):
+        node.execute(clip, "make the circle green", image_1=image, reference_resize="crop")
+
+
+def test_native_combos_are_checked_when_queued_and_when_run(pack):
+    """ComfyUI does not check V3 combo values: the native nodes' validate_inputs do (and execute, for API callers)."""
+    nodes = pack.nodes.native_nodes
+    assert nodes.DeepGenDiTLoader.validate_inputs(weight_dtype="fp8_e4m3fn") is True
+    assert nodes.DeepGenDiTLoader.validate_inputs(weight_dtype="fp4") == "weight_dtype 'fp4' is not available; choose one of ['default', 'bf16', 'fp8_e4m3fn', 'fp8_e4m3fn_fast']."
+    assert nodes.DeepGenCLIPLoader.validate_inputs() is True and "dtype 'fp16' is not available" in nodes.DeepGenCLIPLoader.validate_inputs(dtype="fp16")
+    assert nodes.DeepGenTextEncodeEdit.validate_inputs(reference_resize="crop").startswith("reference_resize 'crop' is not available")
+    with pytest.raises(ValueError, match="^dtype 'fp16' is not available; choose one of"):
+        nodes.DeepGenCLIPLoader.execute(EMBEDDED, "fp16")
+    with pytest.raises(ValueError, match="^weight_dtype 'fp4' is not available; choose one of"):
+        nodes.DeepGenDiTLoader.execute(EMBEDDED, "fp4")
+
+
+def test_edit_encode_names_a_clip_that_is_not_deepgens(pack):
+    stock = type("CLIP", (), {"tokenizer": type("SD1Tokenizer", (), {})()})()
+    with pytest.raises(ValueError, match=r"clip is not DeepGen's CLIP \(its tokenizer is a SD1Tokenizer\); load it with DeepGen CLIP Loader"):
+        pack.nodes.native_nodes.DeepGenTextEncodeEdit.execute(stock, "make the circle green", image_1=torch.rand(1, 64, 64, 3))
+
+
 # ------------------------------------------------------------------------------------------------ real ComfyUI
 
 real = pytest.mark.skipif(not REAL_COMFY, reason="set COMFYUI_DIR (and COMFY_PYTHON) to a real ComfyUI")

@@ -40,10 +40,14 @@ def server(setup):
     ("DeepGenRolloutPreview", {"group_size": 1}, "value_smaller_than_min"),
     ("DeepGenRolloutPreview", {"rewards": "unifiedreward_think=1"}, "needs a UnifiedReward VLM server"),
     ("DeepGenRolloutPreview", {"rewards": "clip_sim=1"}, "clip_sim needs a transformers CLIP folder"),
+    ("DeepGenDiTLoader", {"weight_dtype": "fp4"}, "weight_dtype 'fp4' is not available"),  # the native stack's combos
+    ("DeepGenCLIPLoader", {"dtype": "fp16"}, "dtype 'fp16' is not available"),
+    ("EmptySD3LatentImage", {"width": 8}, "value_smaller_than_min"),  # ComfyUI's own checks stay on around them
 ])
 def test_out_of_range_values_are_refused_before_running(server, node, values, expected):
     root, connect = server
-    name = "deepgen_rl_rollout_preview" if node == "DeepGenRolloutPreview" else "deepgen_text_to_image"
+    name = {"DeepGenRolloutPreview": "deepgen_rl_rollout_preview", "DeepGenDiTLoader": "deepgen_native_text_to_image",
+            "DeepGenCLIPLoader": "deepgen_native_text_to_image", "EmptySD3LatentImage": "deepgen_native_text_to_image"}.get(node, "deepgen_text_to_image")
     code, result = _run(root, [_workflow(root, name, **{node: values})], *connect, "--expect", "invalid")
     assert code == 0 and expected in json.dumps(result), result
 

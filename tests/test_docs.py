@@ -246,7 +246,8 @@ def test_readme_python_api_runs_on_deepgen_tiny():
     assert hasattr(scope["pipe"], "enable_fast_path") and hasattr(scope["pipe"], "set_offload")
 
 
-REPO_PATH = re.compile(r"`((?:benchmarks|deepgen_core|nodes|tests|train|workflows)/[\w./-]*\w)`")
+# template file names are titles with spaces (example_workflows/); other paths have none
+REPO_PATH = re.compile(r"`((?:benchmarks|deepgen_core|locales|nodes|tests|train|web|workflows)/[\w./-]*\w|example_workflows/[\w./ -]*\w)`")
 
 
 def test_paths_the_docs_name_exist():

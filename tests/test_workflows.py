@@ -42,7 +42,8 @@ def test_templates_are_up_to_date_with_the_node_schemas():
     assert not stale, f"run `python workflows/build.py`: out of date: {stale}"
     names = {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
     assert {p.name for p in (REPO / "example_workflows").glob("*.json")} == {builder.ui_path(n).name for n in names}
-    assert names >= {"deepgen_rl_rollout_preview", "deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr"}
+    assert names >= {"deepgen_rl_rollout_preview", "deepgen_text_to_image", "deepgen_edit", "deepgen_multi_reference_edit", "deepgen_text_rendering_ocr",
+                     "deepgen_native_text_to_image", "deepgen_native_edit"}
     assert not list((REPO / "workflows").glob("*.json"))  # ComfyUI would list UI files there too
 
 
@@ -121,3 +122,14 @@ def test_templates_run_the_embedded_model_on_prompts_it_was_trained_on():
     assert edit[encoders[builder.EDIT_INSTRUCTION]]["inputs"]["image_1"] == reference["image"] and edit[source]["class_type"] == "VAEDecode"
     sampler = edit[edit[source]["inputs"]["samples"][0]]["inputs"]
     assert sampler["positive"] == [encoders[builder.SHAPE_PROMPT], 0]
+
+
+def test_every_template_has_a_thumbnail_and_a_renderer():
+    spec = importlib.util.spec_from_file_location("workflow_thumbnails", REPO / "workflows" / "thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    builder = _builder()
+    names = {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
+    assert set(thumbnails.RENDERERS) == names
+    missing = [n for n in names if not builder.ui_path(n).with_suffix(".jpg").is_file()]
+    assert not missing, f"run `python workflows/thumbnails.py --only {' '.join(missing)}` against a real ComfyUI"

@@ -105,6 +105,8 @@ SIZES = {
     "DeepGenLoader": (330, 190), "DeepGenVLMEncode": (380, 340), "DeepGenReferenceLatent": (300, 150), "DeepGenSampler": (300, 280),
     "DeepGenOCRReward": (420, 420), "DeepGenRolloutPreview": (640, 900), "EmptySD3LatentImage": (260, 110), "VAEDecode": (180, 50),
     "SaveImage": (260, 300), "LoadImage": (260, 330), "PreviewAny": (340, 260), "MarkdownNote": (330, 170),
+    "DeepGenDiTLoader": (330, 82), "DeepGenCLIPLoader": (330, 82), "DeepGenVAELoader": (330, 58), "DeepGenTextEncodeEdit": (360, 300),
+    "CLIPTextEncode": (380, 160), "KSampler": (300, 262), "VAEEncode": (180, 50), "ReferenceLatent": (230, 50),
 }
 DEFAULT_SIZE = (320, 200)
 NOTE = 0  # the layout's node id for the template's Markdown note
@@ -263,6 +265,8 @@ TITLES = {
     "deepgen_multi_reference_edit": "DeepGen Multi-Reference Edit",
     "deepgen_text_rendering_ocr": "DeepGen Text Rendering with OCR Score",
     "deepgen_rl_rollout_preview": "DeepGen RL Rollout Preview",
+    "deepgen_native_text_to_image": "DeepGen Native Text to Image",
+    "deepgen_native_edit": "DeepGen Native Image Edit",
 }
 TINY = ("Runs out of the box on the embedded **DeepGen-Tiny** (128 px shapes and words). For DeepGen 1.0 pick its files in "
         "DeepGen Loader and raise the size to 512 or more.")
@@ -297,6 +301,25 @@ LAYOUTS = {
         f"advantage; a group with zero variance gives no learning signal. Click a card to enlarge it. DeepGen-Tiny writes "
         f"its training words perfectly, so OCR alone gives every image the same score (zero variance); the small "
         f"brightness reward shows how advantages rank a group. {TINY}"),
+}
+
+
+NATIVE_TINY = ("Runs out of the box on the embedded **DeepGen-Tiny** (128 px). For DeepGen 1.0 pick its files in the three "
+               "loaders (`models/diffusion_models`, `models/text_encoders`, `models/vae`) and raise the size to 512 or more.")
+LAYOUTS |= {
+    "deepgen_native_text_to_image": Layout(
+        [[[1, 2, 3, NOTE], [4, 5], [6], [7], [8, 9]]],
+        [("Models (MODEL, CLIP, VAE)", "model", [1, 2, 3]), ("Prompt and size", "prompt", [4, 5, 6]), ("KSampler, decode, save", "sample", [7, 8, 9])],
+        f"### Native text to image\nDeepGen as ordinary ComfyUI models: the DiT as MODEL, the VLM + SCB as CLIP. "
+        f"CLIPTextEncode gives DeepGen conditioning, KSampler (euler + normal: DeepGen Sampler's schedule) samples it. {NATIVE_TINY}"),
+    "deepgen_native_edit": Layout(
+        [[[1, 2, 3], [4, 5], [6], [7], [8, 16]], [[NOTE], [9], [10], [11, 12, 13], [14], [15, 17]]],
+        [("Models (MODEL, CLIP, VAE)", "model", [1, 2, 3]), ("1. Draw a source image", "prompt", [4, 5, 6, 7, 8, 16]),
+         ("2. Edit it", "sample", [9, 10, 11, 12, 13, 14, 15, 17])],
+        f"### Native image edit\nRow 1 draws the picture to edit. Row 2 encodes the instruction **and** the negative with the "
+        f"image (DeepGen Text Encode (edit)), adds the VAE-encoded image with ReferenceLatent to both (KSampler uses each "
+        f"branch's own references) and samples at the image's size. To edit your own image, connect a Load Image where "
+        f"row 1's VAE Decode feeds row 2. {NATIVE_TINY}"),
 }
 
 
