@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._comfy import io
+from .choices import check_choices
 from .loading import DeepGenModelType
 
 BACKENDS = ["inductor", "aot_eager"]
@@ -30,10 +31,8 @@ class DeepGenTorchCompile(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, backend: str = "inductor") -> bool | str:  # named only: **kwargs turns ComfyUI's range checks off
-        if backend not in BACKENDS:
-            return f"backend {backend!r} is not available; choose one of {BACKENDS}."
-        return True
+    def validate_inputs(cls, backend: str = "inductor") -> bool | str:
+        return check_choices(backend=(backend, BACKENDS))  # combos only (nodes/choices.py says why)
 
     @classmethod
     def execute(cls, model, backend: str = "inductor", dynamic: bool = True) -> io.NodeOutput:

@@ -12,6 +12,7 @@ from ..deepgen_core.image_processing import (
 )
 from ..deepgen_core.validation import check_prompt_pair
 from ._comfy import io, model_management, node_helpers
+from .choices import check_choices
 from .loading import DeepGenModelType
 from .model import activation_estimate
 
@@ -20,6 +21,7 @@ from .model import activation_estimate
 DEEPGEN_MARKER = "deepgen"
 RESIZE_POLICIES = ["dynamic", "fix_pixels", "none"]
 MAX_REFERENCES = 4
+THINK_MODES = ["all", "first_n", "off"]
 RESIZE_TOOLTIP = "How references are resized before the VLM and the VAE see them. dynamic: longer side down to `reference_size` if larger; fix_pixels: area of reference_size² keeping the aspect; none: as is. Sides are rounded up to 32."
 
 
@@ -54,6 +56,10 @@ class DeepGenVLMEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, reference_resize: str = "dynamic") -> bool | str:
+        return check_choices(reference_resize=(reference_resize, RESIZE_POLICIES))  # nodes/choices.py says why
+
+    @classmethod
     def execute(cls, model, prompt: str, negative_prompt: str, image_1=None, image_2=None, image_3=None, image_4=None,
                 default_edit_negative: bool = True, reference_resize: str = "dynamic", reference_size: int = 512) -> io.NodeOutput:
         batches = [(i, b) for i, b in enumerate((image_1, image_2, image_3, image_4), start=1) if b is not None]
@@ -83,11 +89,15 @@ class DeepGenThinkTokens(io.ComfyNode):
             description="Returns a copy of the model that appends fewer (or none) of its learned think tokens, for inspection and ablation. Weights are shared; the input model is unchanged. Without this node all trained think tokens are used.",
             inputs=[
                 DeepGenModelType.Input("model", tooltip="The model to copy with the new setting (not changed itself)."),
-                io.Combo.Input("mode", options=["all", "first_n", "off"], default="all", tooltip="all: the trained behaviour; first_n: only the first `count` tokens; off: no think tokens."),
+                io.Combo.Input("mode", options=THINK_MODES, default="all", tooltip="all: the trained behaviour; first_n: only the first `count` tokens; off: no think tokens."),
                 io.Int.Input("count", default=64, min=0, max=4096, tooltip="Tokens kept in first_n mode (DeepGen 1.0 has 128)."),
             ],
             outputs=[DeepGenModelType.Output("MODEL", display_name="model", tooltip="The model with the think-token setting.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, mode: str = "all") -> bool | str:
+        return check_choices(mode=(mode, THINK_MODES))
 
     @classmethod
     def execute(cls, model, mode: str, count: int) -> io.NodeOutput:
@@ -116,6 +126,10 @@ class DeepGenReferenceLatent(io.ComfyNode):
                 io.Latent.Output("LATENT", display_name="latent", tooltip="An empty latent at the first reference's resized size: the reference's default output size for edits."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, reference_resize: str = "dynamic") -> bool | str:
+        return check_choices(reference_resize=(reference_resize, RESIZE_POLICIES))
 
     @classmethod
     def execute(cls, conditioning, image: torch.Tensor, vae, reference_resize: str = "dynamic", reference_size: int = 512) -> io.NodeOutput:

@@ -25,6 +25,7 @@ from ..deepgen_core.loading import (
 )
 from ..deepgen_core.presets import DEEPGEN_TINY_DIR
 from ._comfy import comfy_sd, comfy_utils, folder_paths, io, model_management
+from .choices import check_choices
 from .model import DeepGenModel, make_patcher
 
 FOLDER = "deepgen"
@@ -167,6 +168,10 @@ class DeepGenLoader(io.ComfyNode):
                 io.Vae.Output("VAE", display_name="vae", tooltip="The SD3 VAE as a native VAE: use VAEDecode / VAEEncode with it."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, dtype: str = "auto", attention: str = "auto") -> bool | str:
+        return check_choices(dtype=(dtype, list(DTYPES)), attention=(attention, ATTENTION))  # nodes/choices.py says why
 
     @classmethod
     def fingerprint_inputs(cls, model_name: str, transformer_name: str, vae_name: str, **_) -> tuple:

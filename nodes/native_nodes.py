@@ -17,19 +17,13 @@ from ..deepgen_core.image_processing import channels_last_to_pil, prepare_refere
 from ..deepgen_core.loading import DeepGenComponents, is_converted, load_converted_encoder
 from ..deepgen_core.native_dit import DiTWeights, read_dit
 from ._comfy import folder_paths, io, model_management, node_helpers
+from .choices import unknown_choice
 from .conditioning import MAX_REFERENCES, RESIZE_POLICIES, RESIZE_TOOLTIP
 from .loading import EMBEDDED, FOLDER, FROM_MODEL, _is_model_folder, load_components, load_vae, pick_dtype, resolve_model
 from .native_clip import DeepGenTokenizer, native_clip
 from .native_model import WEIGHT_DTYPES, native_model
 
 CLIP_DTYPES = ["auto", "bf16", "fp32"]
-
-
-def unknown_choice(name: str, value: str, options: list[str]) -> str | None:
-    """The message for a combo value that is not an option, else None. ComfyUI does not check V3 combo values
-    itself, so the nodes' `validate_inputs` (named inputs only: ComfyUI keeps its range checks for the others) and
-    `execute` use this."""
-    return None if value in options else f"{name} {value!r} is not available; choose one of {options}."
 
 
 def _model_folders() -> list[str]:

@@ -20,6 +20,7 @@ from ..deepgen_core.sampling import SDE_SAMPLERS
 from ..deepgen_core.train.rl.preview import rollout_preview
 from ..deepgen_core.validation import check_sampler_node
 from ._comfy import folder_paths, io, model_management, ui
+from .choices import check_choices
 from .loading import DeepGenModelType
 from .model import activation_estimate, compile_errors
 from .rewards import ocr_engine
@@ -122,9 +123,11 @@ class DeepGenRolloutPreview(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, rewards: str) -> bool | str:
-        """Refuse unknown or unrunnable rewards when the prompt is queued (named input only: ComfyUI keeps its own
-        range checks for the others)."""
+    def validate_inputs(cls, rewards: str, sampler: str = "cps_sde") -> bool | str:
+        """Refuse an unknown sampler, or unknown or unrunnable rewards, when the prompt is queued (named inputs only:
+        ComfyUI keeps its own range checks for the others)."""
+        if (answer := check_choices(sampler=(sampler, list(SDE_SAMPLERS)))) is not True:
+            return answer
         if not isinstance(rewards, str):  # linked from another node: checked when it runs
             return True
         try:

@@ -9,6 +9,7 @@ from ..deepgen_core.latents import initial_noise, to_model_space, to_vae_space
 from ..deepgen_core.pipeline import PromptEmbeddings
 from ..deepgen_core.sampling import SDE_SAMPLERS
 from ..deepgen_core.validation import check_sampler_node
+from .choices import check_choices
 from ._comfy import comfy_utils, io, latent_formats, latent_preview, model_management
 from .conditioning import DEEPGEN_MARKER
 from .loading import DeepGenModelType
@@ -94,11 +95,7 @@ class DeepGenSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler: str = "euler") -> bool | str:
-        # Named arguments only: ComfyUI skips its own type/min/max checks for every input a validate_inputs
-        # takes, and for all of them when it takes **kwargs.
-        if sampler not in SAMPLERS:
-            return f"sampler {sampler!r} is not available; choose one of {SAMPLERS}."
-        return True
+        return check_choices(sampler=(sampler, SAMPLERS))  # combos only (nodes/choices.py says why)
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image: dict, seed: int, steps: int, cfg: float, shift: float,

@@ -39,6 +39,27 @@ def test_validate_inputs_takes_named_inputs_only_so_comfyui_keeps_its_range_chec
     assert checked >= 3  # the sampler, the compile node and the rollout preview
 
 
+def test_every_fixed_choice_is_checked_when_queued(pack):
+    """ComfyUI 0.3.64 does not compare a V3 combo's value with its options, so every combo with fixed options
+    (file lists, `*_name`, are checked when the node runs) is refused by `validate_inputs`, naming the input and
+    the options; a valid value passes."""
+    checked = []
+    for node_id, node in _nodes(pack).items():
+        inputs = {i.id: i for i in node.define_schema().inputs}
+        for name, spec in inputs.items():
+            if getattr(spec, "options", None) is None or name.endswith("_name"):
+                continue
+            assert "validate_inputs" in vars(node), f"{node_id} does not check its combo {name!r} when queued"
+            args = inspect.getfullargspec(node.validate_inputs).args[1:]
+            assert name in args, f"{node_id}.validate_inputs does not check {name!r}"
+            base = {a: inputs[a].default for a in args if a != name}
+            assert node.validate_inputs(**base, **{name: spec.options[0]}) is True, (node_id, name)
+            refusal = node.validate_inputs(**base, **{name: "not-an-option"})
+            assert isinstance(refusal, str) and name in refusal and str(spec.options[0]) in refusal, (node_id, name, refusal)
+            checked.append(f"{node_id}.{name}")
+    assert len(checked) >= 10, checked
+
+
 def test_foreign_conditioning_is_named_and_zeroed_deepgen_conditioning_samples(pack, loaded):
     model, _ = loaded
     positive, negative = _encode(pack, model)
