@@ -188,7 +188,7 @@ def _speed_switches(pipe, args: argparse.Namespace, device: str) -> None:
     pipe.enable_fast_path(cuda_graphs=graphs, compile="regional" if args.compile else None,
                           fuse_projections=args.compile and not args.fp8, fuse_gelu=args.compile or None,
                           vision_varlen=args.compile or None, fp8=args.fp8, fp8_encoder=args.fp8_encoder,
-                          step_cache=args.step_cache)
+                          **({"step_cache": args.step_cache} if args.step_cache else {}))
     if args.vae_tiling:
         pipe.enable_vae_tiling()
 

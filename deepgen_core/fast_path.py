@@ -254,14 +254,16 @@ class FastPathMixin:
 
         return run
 
-    def cached_velocity(self, velocity_fn: VelocityFn, num_steps: int) -> VelocityFn:
-        """`velocity_fn` wrapped in a `StepCache` for one call site of one loop when step caching is on (inference
-        only: under autograd, training and RL log-probabilities, the plain function is returned)."""
+    def cached_velocities(self, velocity_fn: VelocityFn, num_steps: int, call_sites: int) -> list[VelocityFn]:
+        """One velocity function per DiT call site of one loop: `velocity_fn` itself when step caching is off or
+        under autograd (training, RL log-probabilities), else `StepCache`s where every site follows the first
+        one's decisions (CFG branches encoded apart are both fresh or both reused at a step)."""
         if self._step_cache <= 0 or torch.is_grad_enabled():
-            return velocity_fn
-        cache = StepCache(velocity_fn, self.transformer, num_steps, self._step_cache)
-        self.last_step_caches = [*self.last_step_caches, cache]
-        return cache
+            return [velocity_fn] * call_sites
+        leader = StepCache(velocity_fn, self.transformer, num_steps, self._step_cache)
+        caches = [leader] + [StepCache(velocity_fn, self.transformer, num_steps, self._step_cache, leader=leader) for _ in range(call_sites - 1)]
+        self.last_step_caches = caches
+        return caches
 
     def _graphs_apply(self) -> bool:
         return (self._cuda_graphs is True or (self._cuda_graphs == "auto" and self.device.type == "cuda")) and not torch.is_grad_enabled()

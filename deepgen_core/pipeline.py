@@ -382,7 +382,7 @@ class DeepGenPipeline(FastPathMixin):
         velocity_fn = parallel_velocity(self, velocity_fn)  # rows split over ranks when CFG parallelism is on
         modulations = [self.modulation_schedule(timesteps, pooled) for _, pooled, _ in branches]
         self.last_step_caches = []
-        branch_fns = [self.cached_velocity(velocity_fn, num_inference_steps) for _ in branches]  # step cache: off by default
+        branch_fns = self.cached_velocities(velocity_fn, num_inference_steps, len(branches))  # step cache: off by default
         for i in range(num_inference_steps):
             outputs = []
             for (context, pooled, copies), modulation, branch_fn in zip(branches, modulations, branch_fns):

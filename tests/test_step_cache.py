@@ -80,14 +80,31 @@ def test_unit_decisions_with_a_counting_velocity():
     assert torch.equal(outs[2], outs[0]) and float(outs[-1][0, 0, 0, 0]) == 2.0
 
 
+def test_cfg_branches_called_apart_share_decisions(pipe):
+    """Prompt and negative of different lengths: two DiT calls a step, both fresh or both reused."""
+    from dataclasses import replace
+
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(["a red cube"], [""])
+    embeddings = replace(encoded, negative_prompt_embeds=encoded.negative_prompt_embeds[:, :-2])  # as if encoded apart
+    pipe.enable_fast_path(step_cache=0.2)
+    try:
+        with torch.no_grad():
+            pipe.denoise(pipe.prepare_latents(1, 64, 64, torch.Generator().manual_seed(0)), embeddings, None, STEPS, 4.0)
+    finally:
+        pipe.enable_fast_path(step_cache=0)
+    leader, follower = pipe.last_step_caches
+    assert follower.computed == leader.computed and 0 < leader.skipped
+
+
 def test_grad_enabled_runs_the_plain_function(pipe):
     pipe.enable_fast_path(step_cache=0.5)
     try:
         fn = pipe.velocity_function()
         with torch.enable_grad():
-            assert pipe.cached_velocity(fn, STEPS) is fn
+            assert pipe.cached_velocities(fn, STEPS, 2) == [fn, fn]
         with torch.no_grad():
-            assert isinstance(pipe.cached_velocity(fn, STEPS), StepCache)
+            assert all(isinstance(c, StepCache) for c in pipe.cached_velocities(fn, STEPS, 2))
     finally:
         pipe.enable_fast_path(step_cache=0)
 
@@ -107,3 +124,14 @@ def test_cli_flag_is_checked_before_the_model_loads(tmp_path):
     ok = build_parser().parse_args(["generate", "--prompt", "a red cube", "--out", str(tmp_path / "x.png"), "--step-cache", "0.1"])
     check_generate_args(ok)
     assert ok.step_cache == 0.1
+
+
+def test_cli_flag_reaches_the_pipeline(tmp_path, monkeypatch):
+    from deepgen_core.cli import main
+
+    seen = {}
+    original = DeepGenPipeline.enable_fast_path
+    monkeypatch.setattr(DeepGenPipeline, "enable_fast_path", lambda self, **kw: (seen.update(kw), original(self, **kw))[1])
+    out = tmp_path / "cached.png"
+    assert main(["generate", "--prompt", "a red cube", "--steps", "4", "--step-cache", "0.1", "--out", str(out)]) == 0
+    assert seen["step_cache"] == 0.1 and out.is_file()

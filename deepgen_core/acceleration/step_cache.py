@@ -65,10 +65,14 @@ class StepCache:
         transformer: the DiT (`DeepGenSD3Transformer`).
         num_steps: the loop's steps; call k is step k (one instance per call site and loop).
         threshold: accumulated relative L1 change of the indicator that triggers a recompute (> 0).
+        leader: another call site of the same loop, called before this one at every step, whose decisions this
+            one follows (CFG branches encoded apart run as two calls a step: both must be fresh or both reused).
     """
 
-    def __init__(self, velocity_fn: Callable[..., torch.Tensor], transformer: nn.Module, num_steps: int, threshold: float) -> None:
+    def __init__(self, velocity_fn: Callable[..., torch.Tensor], transformer: nn.Module, num_steps: int, threshold: float,
+                 leader: StepCache | None = None) -> None:
         self.velocity_fn, self.transformer, self.num_steps, self.threshold = velocity_fn, transformer, num_steps, threshold
+        self.leader = leader
         self.step = 0
         self.accumulated = 0.0
         self.computed: list[bool] = []  # per step: the DiT ran (True) or the velocity was reused (False)
@@ -77,9 +81,12 @@ class StepCache:
 
     def __call__(self, latents: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor, timestep: torch.Tensor,
                  reference_latents: Any, modulation: torch.Tensor | None = None) -> torch.Tensor:
-        indicator = first_block_input(self.transformer, latents, pooled, timestep, modulation)
-        compute = self._should_compute(indicator)
-        self._previous_input = indicator
+        if self.leader is not None:
+            compute = self.leader.computed[self.step] or self._velocity is None
+        else:
+            indicator = first_block_input(self.transformer, latents, pooled, timestep, modulation)
+            compute = self._should_compute(indicator)
+            self._previous_input = indicator
         if compute:
             self._velocity = self.velocity_fn(latents, context, pooled, timestep, reference_latents, modulation)
         self.computed.append(compute)
