@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--fp8-encoder", action="store_true", help="fp8 weights for the VLM's decoder layers and vision blocks too (half the encoder memory; NOT exact)")
     speed.add_argument("--offload", choices=["none", "model", "sequential"], default="none", help="model: each component visits the GPU only while it runs (~7 GiB peak at 1024^2); sequential: layer by layer (lowest memory, slowest)")
     speed.add_argument("--vae-tiling", action="store_true", help="decode in 512 px tiles (less memory above 1024^2; seams are blended)")
+    speed.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD", help="reuse the last DiT velocity while the first block's input changes by less than THRESHOLD (accumulated relative L1; 0 = off, 0.05-0.2 skip 10-50%% of the steps; NOT exact)")
     speed.add_argument("--no-cuda-graphs", action="store_true", help="run the DiT eagerly instead of replaying CUDA graphs")
     _add_model_args(gen, required=False)
 
@@ -141,11 +142,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 def check_generate_args(args: argparse.Namespace) -> tuple[int, Path]:
     """Validate `generate`'s numbers and output path before any model work; returns (seed, output path)."""
+    from .acceleration.step_cache import STEP_CACHE_LIMIT
     from .user_files import check_output_file
     from .validation import LIMITS, check_number, check_sampling, check_size, named_as, resolve_seed
 
     flags = {"num_inference_steps": "--steps", "guidance_scale": "--cfg", "shift": "--shift", "num_images_per_prompt": "--num-images",
-             "seed": "--seed", "height": "--height", "width": "--width"}
+             "seed": "--seed", "height": "--height", "width": "--width", "step_cache": "--step-cache"}
     with named_as(flags):  # speak in the CLI's flags
         check_sampling(25 if args.steps is None else args.steps, args.cfg, args.shift)
         check_number("num_images_per_prompt", args.num_images)
@@ -153,6 +155,7 @@ def check_generate_args(args: argparse.Namespace) -> tuple[int, Path]:
             if getattr(args, side) is not None:
                 check_size(side, getattr(args, side), 16, LIMITS[side].maximum)
         seed = resolve_seed(args.seed)
+        check_number("step_cache", args.step_cache, STEP_CACHE_LIMIT)
     if seed != args.seed:
         logging.getLogger("deepgen").info("--seed -1: using the random seed %d", seed)
     return seed, check_output_file(args.out, "--out")
@@ -184,7 +187,8 @@ def _speed_switches(pipe, args: argparse.Namespace, device: str) -> None:
     graphs = False if args.no_cuda_graphs or args.offload == "sequential" else "auto"
     pipe.enable_fast_path(cuda_graphs=graphs, compile="regional" if args.compile else None,
                           fuse_projections=args.compile and not args.fp8, fuse_gelu=args.compile or None,
-                          vision_varlen=args.compile or None, fp8=args.fp8, fp8_encoder=args.fp8_encoder)
+                          vision_varlen=args.compile or None, fp8=args.fp8, fp8_encoder=args.fp8_encoder,
+                          **({"step_cache": args.step_cache} if args.step_cache else {}))
     if args.vae_tiling:
         pipe.enable_vae_tiling()
 

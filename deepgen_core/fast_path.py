@@ -30,6 +30,7 @@ from .acceleration import (
     set_gelu_fusion,
     set_vision_varlen_attention,
 )
+from .acceleration.step_cache import StepCache, check_step_cache
 from .errors import DeepGenInputError
 from .latents import vae_scale_factor
 
@@ -133,6 +134,8 @@ class FastPathMixin:
     _encoder_graphs: EncoderGraphRunner | None = None
     _offload: OffloadMode = "none"
     _execution_device: torch.device | None = None
+    _step_cache: float = 0.0
+    last_step_caches: list[StepCache] = []  # the `StepCache`s of the last denoising loop (skip statistics)
 
     def enable_fast_path(
         self,
@@ -148,6 +151,7 @@ class FastPathMixin:
         compile_vae: bool = False,
         vision_varlen: bool | None = None,
         fp8_encoder: bool = False,
+        step_cache: float | None = None,
     ) -> None:
         """Choose how the DiT runs at inference. Compile, fusion and fp8 modify the transformer in place.
 
@@ -176,9 +180,14 @@ class FastPathMixin:
             vision_varlen: the vision tower's windowed attention as one varlen flash-attention call per layer on
                 CUDA (`set_vision_varlen_attention`) instead of one SDPA call per window; None keeps the current
                 setting. Equal within bf16 rounding; edits only.
+            step_cache: reuse the last velocity while the first block's modulated input changes by less than this
+                accumulated relative L1 amount (`acceleration.step_cache`; 0 = off, the default; None keeps the
+                current setting). NOT exact; first and last steps always run.
         """
         if cuda_graphs not in (True, False, "auto"):
             raise DeepGenInputError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}.")
+        if step_cache is not None:
+            step_cache = check_step_cache(step_cache)
         if (compile or cuda_graphs is True) and self._offload == "sequential":
             raise DeepGenInputError("compile and CUDA graphs need resident DiT weights; use offload 'model' or 'none' instead of 'sequential'.")
         if fp8 and fuse_projections:
@@ -206,6 +215,8 @@ class FastPathMixin:
             self.vae.decoder.compile(dynamic=False)
         self._cuda_graphs = cuda_graphs
         self._precompute_modulation = precompute_modulation
+        if step_cache is not None:
+            self._step_cache = step_cache
         self._graph_runner = self._encoder_graphs = None
 
     def modulation_schedule(self, timesteps: torch.Tensor, pooled: torch.Tensor) -> ModulationSchedule | None:
@@ -242,6 +253,17 @@ class FastPathMixin:
             return self._eager_velocity(latents, context, pooled, timestep, reference_latents, modulation)
 
         return run
+
+    def cached_velocities(self, velocity_fn: VelocityFn, num_steps: int, call_sites: int) -> list[VelocityFn]:
+        """One velocity function per DiT call site of one loop: `velocity_fn` itself when step caching is off or
+        under autograd (training, RL log-probabilities), else `StepCache`s where every site follows the first
+        one's decisions (CFG branches encoded apart are both fresh or both reused at a step)."""
+        if self._step_cache <= 0 or torch.is_grad_enabled():
+            return [velocity_fn] * call_sites
+        leader = StepCache(velocity_fn, self.transformer, num_steps, self._step_cache)
+        caches = [leader] + [StepCache(velocity_fn, self.transformer, num_steps, self._step_cache, leader=leader) for _ in range(call_sites - 1)]
+        self.last_step_caches = caches
+        return caches
 
     def _graphs_apply(self) -> bool:
         return (self._cuda_graphs is True or (self._cuda_graphs == "auto" and self.device.type == "cuda")) and not torch.is_grad_enabled()

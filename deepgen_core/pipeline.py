@@ -381,13 +381,15 @@ class DeepGenPipeline(FastPathMixin):
         velocity_fn = self.velocity_function()  # CUDA graphs / eager, chosen once per loop
         velocity_fn = parallel_velocity(self, velocity_fn)  # rows split over ranks when CFG parallelism is on
         modulations = [self.modulation_schedule(timesteps, pooled) for _, pooled, _ in branches]
+        self.last_step_caches = []
+        branch_fns = self.cached_velocities(velocity_fn, num_inference_steps, len(branches))  # step cache: off by default
         for i in range(num_inference_steps):
             outputs = []
-            for (context, pooled, copies), modulation in zip(branches, modulations):
+            for (context, pooled, copies), modulation, branch_fn in zip(branches, modulations, branch_fns):
                 model_input = torch.cat([latents] * copies) if copies > 1 else latents
                 refs = None if reference_latents is None else list(reference_latents) * copies
                 row = modulation[i] if modulation is not None else None
-                velocity = velocity_fn(model_input, context, pooled, timesteps[i].expand(context.shape[0]), refs, row)
+                velocity = branch_fn(model_input, context, pooled, timesteps[i].expand(context.shape[0]), refs, row)
                 outputs.extend(velocity.chunk(copies))
             velocity = outputs[0]
             if do_cfg:

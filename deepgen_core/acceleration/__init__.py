@@ -15,6 +15,8 @@
 - `fp8`: the DiT's block Linear weights (`quantize_fp8`) and the encoder's (`quantize_fp8_encoder`) stored in
   float8 (e4m3, one scale per output channel); fp8 GEMMs on GPUs with fp8 tensor cores only where asked (they pay
   under compile): NOT exact; halves the weight memory.
+- `step_cache`: reuses the last DiT velocity while the first block's modulated input barely changes (TeaCache
+  style, `enable_fast_path(step_cache=)`): NOT exact; off by default. Imported from its module, not re-exported.
 
 Training (`model.compile` of the train config) reuses `compile_transformer` and `compile_encoder_for_training`.
 """
