@@ -48,11 +48,12 @@ class Benchmark:
         read: `read(data_path, image_root) -> list[Sample]`, from the benchmark's published files.
         files: `files(sample, images_per_prompt) -> [relative paths]`: everything the writer makes for a sample;
             a sample whose files all exist is finished (resume).
-        write: `write(out_dir, sample, images)` with `images_per_prompt` PIL images.
         images_per_prompt, guidance_scale, batch_size: the reference eval script's settings (notes §4.1).
         data_hint: what `--data` points at and where the benchmark publishes it.
         scorer: `scorer(out_dir, data_path, settings) -> str`, the official scorer's command for a written folder.
         paper: DeepGen 1.0's published scores, {'RL': x, 'SFT': y} (or the metric names for CVTG-2K).
+        write: `write(out_dir, sample, images)` with `images_per_prompt` PIL images; by default image i is saved
+            as `files(sample, n)[i]` (`write_files`).
     """
 
     name: str
@@ -60,7 +61,6 @@ class Benchmark:
     task: Task
     read: Callable[[Path, Path | None], list[Sample]]
     files: Callable[[Sample, int], list[str]]
-    write: Callable[[Path, Sample, Sequence[Image.Image]], None]
     data_hint: str
     scorer: Callable[[Path, Path, dict], str]
     paper: dict[str, float]
@@ -68,6 +68,14 @@ class Benchmark:
     guidance_scale: float = 4.0
     batch_size: int = 16
     allowed_images_per_prompt: tuple[int, ...] | None = None
+    write: Callable[[Path, Sample, Sequence[Image.Image]], None] | None = None
+
+    def save(self, out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
+        """Write one finished sample: the benchmark's own writer, else one file per image."""
+        if self.write is not None:
+            self.write(out, sample, images)
+        else:
+            write_files(out, self.files(sample, len(images)), images)
 
 
 # ------------------------------------------------------------------------------------------------ reading helpers

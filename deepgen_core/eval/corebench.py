@@ -5,12 +5,9 @@ with `Prompt`; the scorer (`evaluate.py --model NAME --output_path ROOT --gen_ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, load_jsonl, quoted, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, load_jsonl, quoted, require
 
 HINT = "Point --data at T2I-CoReBench's data folder (github.com/KwaiVGI/T2I-CoReBench) of <dimension>.json files mapping IDs to {'Prompt': ...}."
 
@@ -50,16 +47,12 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{dimension(sample.key)}/{sample.key}-{j}.png" for j in range(n)]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, len(images)), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python evaluate.py --model {quoted(Path(out.name))} --output_path {quoted(out.parent)} --mllm Qwen2_5_VL_72B "
             '--gen_eval_file "C-MI, C-MA, C-MR, C-TR, R-LR, R-BR, R-HR, R-PR, R-GR, R-AR, R-CR, R-RR"')
 
 
 BENCHMARK = Benchmark(
-    name="corebench", title="T2I-CoReBench", task="t2i", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="corebench", title="T2I-CoReBench", task="t2i", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 46.5, "SFT": 45.7}, images_per_prompt=4, batch_size=16,
 )

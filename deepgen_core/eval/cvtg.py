@@ -5,12 +5,9 @@ Word accuracy, NED and CLIPScore are computed here (`deepgen_core.eval.scoring`)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, require
 
 HINT = ("Point --data at the extracted CVTG-2K folder (CVTG-2K.zip of the CVTG-2K dataset), holding CVTG/ and "
         "CVTG-Style/ with 2.json ... 5.json ({'data_list': [{'index', 'prompt', ...}]}).")
@@ -57,15 +54,11 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{sample.key}.png"]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, 1), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     return f"deepgen eval cvtg --data {data} --out {out} --score --clip <local CLIP ViT-L/14 folder>"
 
 
 BENCHMARK = Benchmark(
-    name="cvtg", title="CVTG-2K", task="t2i", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="cvtg", title="CVTG-2K", task="t2i", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"word_accuracy": 0.7533, "ned": 0.8936, "clip_score": 0.8278}, batch_size=16, allowed_images_per_prompt=(1,),
 )

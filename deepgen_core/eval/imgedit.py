@@ -5,12 +5,9 @@ reads `DIR/<key>.png`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require
 
 HINT = ("Point --data at ImgEdit's Benchmark/singleturn folder or its singleturn.json (Benchmark.tar of the ImgEdit "
         "dataset), a JSON object mapping keys to {'id', 'prompt', 'edit_type'}.")
@@ -33,10 +30,6 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{sample.key}.png"]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, 1), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     root = data if data.is_dir() else data.parent
     return (f"python Benchmark/Basic/basic_bench.py --result_img_folder {quoted(out)} --edit_json {quoted(find_file(data, ['singleturn.json', 'basic_edit.json'], HINT))} "
@@ -44,6 +37,6 @@ def scorer(out: Path, data: Path, cfg: dict) -> str:
 
 
 BENCHMARK = Benchmark(
-    name="imgedit", title="ImgEdit", task="edit", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="imgedit", title="ImgEdit", task="edit", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 4.14, "SFT": 4.09}, batch_size=4, allowed_images_per_prompt=(1,),
 )

@@ -4,12 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require
 
 HINT = ("Point --data at the RISEBench folder or its JSON (datav2_total_w_subtask.json of the RISEBench dataset, or "
         "data/data_total.json of github.com/PhoenixZ810/RISEBench), a list of {'index', 'category', 'instruction', 'image'}.")
@@ -33,16 +30,12 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"images/{sample.meta['category']}/{sample.key}.png"]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, 1), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     path = find_file(data, NAMES, HINT)
     return f"python gpt_eval.py --data {quoted(path)} --input {quoted(path.parent)} --output {quoted(out)}"
 
 
 BENCHMARK = Benchmark(
-    name="rise", title="RISEBench", task="edit", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="rise", title="RISEBench", task="edit", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 10.8, "SFT": 13.3}, batch_size=4, allowed_images_per_prompt=(1,),
 )

@@ -230,7 +230,7 @@ def _generate_shard(pipe, bench, samples, out, cfg, state, result, show, on_batc
             with torch.inference_mode():
                 images = generate_batch(pipe, bench, batch, cfg)
             for (_, sample), sample_images in zip(batch, images):
-                bench.write(out, sample, sample_images)
+                bench.save(out, sample, sample_images)
             keys = [s.key for _, s in batch]
             result.generated.extend(keys)
             bar.update(len(batch))

@@ -3,12 +3,9 @@ the scorer (`eval/src/offline_model_en_eval.py --data_path DIR --csv_file CSV`) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, load_csv, quoted, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, load_csv, quoted
 
 HINT = "Point --data at UniGenBench's data/test_prompts_en.csv (github.com/CodeGoat24/UniGenBench), columns 'index' and 'prompt_en'."
 PROMPT_COLUMNS = ("prompt_en", "prompt_zh", "prompt")
@@ -35,16 +32,12 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{sample.key}_{j}.png" for j in range(n)]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, len(images)), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python eval/src/offline_model_en_eval.py --data_path {quoted(out)} --csv_file {quoted(data)} --category en "
             f"--api_url http://localhost:8080 --images_per_prompt {cfg['images_per_prompt']}  # with the UniGenBench-EvalModel vLLM server running")
 
 
 BENCHMARK = Benchmark(
-    name="unigenbench", title="UniGenBench", task="t2i", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="unigenbench", title="UniGenBench", task="t2i", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 75.74, "SFT": 74.18}, images_per_prompt=4, batch_size=16,
 )

@@ -5,12 +5,9 @@ benchmark's own generation script does); the scorer (`eval/gpt_eval_uniredit.py 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, find_file, image_opener, load_json, quoted, require
 
 HINT = ("Point --data at the UniREditBench folder or its data.json (the UniREditBench dataset), a list of "
         "{'original_image_path', 'instruction', 'name', 'idx'}.")
@@ -37,16 +34,12 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{sample.meta['name']}/{sample.meta['idx']}.png"]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, 1), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     path = find_file(data, ["data.json"], HINT)
     return f"python -u eval/gpt_eval_uniredit.py --input {quoted(path.parent)} --data {quoted(path)} --output {quoted(out)} --nproc 6"
 
 
 BENCHMARK = Benchmark(
-    name="uniredit", title="UniREditBench", task="edit", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="uniredit", title="UniREditBench", task="edit", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 75.7, "SFT": 77.5}, batch_size=4, allowed_images_per_prompt=(1,),
 )

@@ -4,12 +4,9 @@ and WISE_Verified alike); the scorers (`gpt_eval.py --image_dir DIR`, `vllm_eval
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, quoted, require, write_files
+from .base import Benchmark, Sample, bad_data, check_nonempty, load_json, quoted, require
 
 HINT = "Point --data at WISE's data folder or one of its JSON files (github.com/PKU-YuanGroup/WISE), lists of objects with 'prompt_id' and 'Prompt'."
 
@@ -34,16 +31,12 @@ def files(sample: Sample, n: int) -> list[str]:
     return [f"{sample.key}.png"]
 
 
-def write(out: Path, sample: Sample, images: Sequence[Image.Image]) -> None:
-    write_files(out, files(sample, len(images)), images)
-
-
 def scorer(out: Path, data: Path, cfg: dict) -> str:
     return (f"python gpt_eval.py --json_path <data/CATEGORY.json> --image_dir {quoted(out)} --output_dir {quoted(out / 'Results')}/CATEGORY "
             "--api_key <key> --model gpt-4o-2024-05-13  # once per category, then Calculate.py (WISE_legacy)")
 
 
 BENCHMARK = Benchmark(
-    name="wise", title="WISE", task="t2i", read=read, files=files, write=write, data_hint=HINT, scorer=scorer,
+    name="wise", title="WISE", task="t2i", read=read, files=files, data_hint=HINT, scorer=scorer,
     paper={"RL": 0.73, "SFT": 0.72}, images_per_prompt=1, batch_size=16, allowed_images_per_prompt=(1,),
 )
